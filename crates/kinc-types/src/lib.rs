@@ -7,6 +7,7 @@ pub mod config;
 pub mod fsutil;
 pub mod labels;
 pub mod name;
+pub mod node;
 pub mod status;
 
 pub use config::ClusterConfig;
