@@ -43,6 +43,27 @@ pub struct System<'a> {
     pub kernel: Option<ControllerSet>,
 }
 
+/// Runs the whole job on this machine: cgroup2 at `mount`, procfs at `/proc`. This is
+/// what the binary does; `kinc-init` may call it directly.
+pub fn run_host(mount: &std::path::Path, opts: &Options, dry_run: bool) -> Report {
+    let fs = fs::HostCgroupfs::new(mount);
+    let procs = fs::HostProcfs::new("/proc");
+    // An unreadable mountinfo reads as "no cgroup mount", which is reported precisely.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let sys = System {
+        fs: &fs,
+        procs: &procs,
+        layout: layout::classify(&mountinfo, mount),
+        init_cgroup: std::fs::read_to_string("/proc/1/cgroup")
+            .ok()
+            .and_then(|t| layout::parse_proc_cgroup(&t)),
+        kernel: std::fs::read_to_string("/proc/cgroups")
+            .ok()
+            .map(|t| controllers::parse_proc_cgroups(&t)),
+    };
+    run(&sys, opts, dry_run)
+}
+
 /// Runs the whole job and reports; never panics on kernel errors.
 pub fn run(sys: &System, opts: &Options, dry_run: bool) -> Report {
     let mut report = Report::new(sys.layout.clone(), opts, dry_run);
@@ -63,6 +84,7 @@ fn run_inner(
     report: &mut Report,
     changes: &mut Changes,
 ) -> Result<(), Error> {
+    plan::levels_of(opts)?;
     if let Some((what, fix)) = sys.layout.problem() {
         return Err(Error::Layout { what, fix });
     }

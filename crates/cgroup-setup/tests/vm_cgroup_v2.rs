@@ -65,7 +65,8 @@ impl Guest {
     fn count(&self, tag: &str, key: &str) -> usize {
         let v = self.state(tag, key);
         let n = v.iter().next().map_or("0", String::as_str);
-        n.parse().unwrap_or_else(|_| panic!("STATE {tag} {key}: {v:?}"))
+        n.parse()
+            .unwrap_or_else(|_| panic!("STATE {tag} {key}: {v:?}"))
     }
 
     fn text(&self, kind: &str, tag: &str) -> String {
@@ -161,7 +162,10 @@ fn real_root_gets_every_controller_down_to_kubelet_and_is_emptied() {
     }
     for c in ["cpu", "cpuset", "io", "memory", "pids", "hugetlb", "misc"] {
         assert!(kernel_v2.contains(c), "{c} missing in {kernel_v2:?}");
-        assert!(kernel.contains(c), "{c} missing in /proc/cgroups {kernel:?}");
+        assert!(
+            kernel.contains(c),
+            "{c} missing in /proc/cgroups {kernel:?}"
+        );
     }
     assert_eq!(g.state("root1", "sc:/"), kernel_v2);
     assert_eq!(g.state("root1", "sc:/kubelet"), kernel_v2);
@@ -179,7 +183,10 @@ fn real_root_gets_every_controller_down_to_kubelet_and_is_emptied() {
         .iter()
         .all(|m| m["from"] == "/" && m["to"] == "/init.scope"));
     assert!(moved.iter().any(|m| m["pid"] == 1), "PID 1 moved: {j}");
-    assert_eq!(strings(&j["changes"]["created"]), set("/init.scope /kubelet"));
+    assert_eq!(
+        strings(&j["changes"]["created"]),
+        set("/init.scope /kubelet")
+    );
 }
 
 #[test]
@@ -203,7 +210,10 @@ fn second_run_in_the_same_boot_changes_nothing() {
         g.text("OUT", "root2h")
     );
     assert_eq!(g.text("ERR", "root2h"), "");
-    assert_eq!(g.state("root2", "sc:/kubelet"), g.state("root1", "sc:/kubelet"));
+    assert_eq!(
+        g.state("root2", "sc:/kubelet"),
+        g.state("root1", "sc:/kubelet")
+    );
     assert!(g.state("root2", "rootprocs").is_empty());
 }
 
@@ -227,7 +237,12 @@ fn controller_withheld_by_the_parent_is_named_with_the_host_fix_and_nothing_chan
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["controller"].as_str().unwrap(), m["reason"].as_str().unwrap()))
+        .map(|m| {
+            (
+                m["controller"].as_str().unwrap(),
+                m["reason"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(missing, [("io", "notDelegated")], "{j}");
     assert_eq!(j["missingOptional"][0]["controller"], "hugetlb", "{j}");
@@ -283,7 +298,10 @@ fn cgroup_namespace_below_a_delegated_subtree_is_set_up_like_a_container() {
     // The second run, for people: nothing to do.
     assert_eq!(g.rc("nsh"), 0);
     let out = g.text("OUT", "nsh");
-    assert!(out.contains("a cgroup namespace root below a delegated subtree"), "{out}");
+    assert!(
+        out.contains("a cgroup namespace root below a delegated subtree"),
+        "{out}"
+    );
     assert!(out.contains("nothing changed"), "{out}");
     assert_eq!(g.rc("ns-outer"), 0);
 }

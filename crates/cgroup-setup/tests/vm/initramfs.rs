@@ -23,7 +23,16 @@ impl Initramfs {
         // The kernel's built-in initramfs has /dev/console too; having it here keeps PID 1's
         // stdio on the console whichever one is unpacked last.
         me.add_char_dev("/dev/console", 5, 1);
-        for d in ["/proc", "/sys", "/tmp", "/run", "/vm", "/sbin", "/usr/sbin", "/usr/bin"] {
+        for d in [
+            "/proc",
+            "/sys",
+            "/tmp",
+            "/run",
+            "/vm",
+            "/sbin",
+            "/usr/sbin",
+            "/usr/bin",
+        ] {
             me.add_dir(d);
         }
         me
@@ -131,7 +140,7 @@ fn header(out: &mut Vec<u8>, ino: u32, mode: u32, size: usize, rdev: (u32, u32),
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

@@ -163,9 +163,7 @@ impl GuestRun {
 /// /dev/kvm is PVM, which can't run Debian's kernel.
 fn accel_args() -> [&'static str; 4] {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let hw = cpuinfo
-        .split_whitespace()
-        .any(|w| w == "vmx" || w == "svm");
+    let hw = cpuinfo.split_whitespace().any(|w| w == "vmx" || w == "svm");
     let kvm = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -240,14 +238,19 @@ fn boot_once(vmlinux: &Path, initrd: &Path, dir: &Path) -> Result<GuestRun, Stri
             Ok(())
         });
     }
-    let mut guard = QemuGuard(cmd.spawn().map_err(|e| format!("qemu-system-x86_64: {e}"))?);
+    let mut guard = QemuGuard(
+        cmd.spawn()
+            .map_err(|e| format!("qemu-system-x86_64: {e}"))?,
+    );
     let mut booted = false;
     loop {
         if let Some(st) = guard.0.try_wait().map_err(|e| e.to_string())? {
             let console = fs::read_to_string(&console).unwrap_or_default();
             if !console.contains(BEGIN) {
                 let err = fs::read_to_string(dir.join("qemu.err")).unwrap_or_default();
-                return Err(format!("qemu exited ({st}) before /init ran: {err}\n{console}"));
+                return Err(format!(
+                    "qemu exited ({st}) before /init ran: {err}\n{console}"
+                ));
             }
             let status = fs::read_to_string(&status)
                 .ok()
