@@ -5,6 +5,13 @@ use cgroup_setup::plan::Options;
 use cgroup_setup::run_host;
 use clap::Parser;
 
+const EXAMPLES: &str = "\
+Examples:
+  cgroup-setup                      what kinc-cgroup-setup.service runs at boot
+  cgroup-setup --dry-run            show what would be moved, created and enabled
+  cgroup-setup --json               one JSON object: {\"ok\":true,\"changed\":false,...}
+  cgroup-setup --kubelet-cgroup-root /kinc/kubelet   a deeper kubelet cgroupRoot";
+
 /// Delegates every cgroup v2 controller from the node container's cgroup namespace root
 /// down to kubelet's cgroup root, so CRI-O and kubelet can limit pods.
 ///
@@ -21,15 +28,8 @@ use clap::Parser;
 ///
 /// Running it again changes nothing. Exit status: 0 ok, 1 failed (the reason on stderr, or
 /// in the JSON), 2 bad usage.
-const EXAMPLES: &str = "\
-Examples:
-  cgroup-setup                      what kinc-cgroup-setup.service runs at boot
-  cgroup-setup --dry-run            show what would be moved, created and enabled
-  cgroup-setup --json               one JSON object: {\"ok\":true,\"changed\":false,...}
-  cgroup-setup --kubelet-cgroup-root /kinc/kubelet   a deeper kubelet cgroupRoot";
-
 #[derive(Parser, Debug)]
-#[command(version, about, long_about, verbatim_doc_comment, after_long_help = EXAMPLES)]
+#[command(version, verbatim_doc_comment, after_long_help = EXAMPLES)]
 struct Args {
     /// kubelet's cgroupRoot (cgroupfs driver); controllers are enabled down to and in it.
     #[arg(long, env = "KINC_KUBELET_CGROUP_ROOT", default_value = kinc_types::node::KUBELET_CGROUP_ROOT)]
