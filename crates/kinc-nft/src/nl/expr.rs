@@ -349,8 +349,18 @@ fn data_value(a: &Attrs<'_>, ty: u16) -> Option<Vec<u8>> {
     Some(a.find(ty)?.nested().find(NFTA_DATA_VALUE)?.data.to_vec())
 }
 
+/// The kernel dumps a 32-bit register that starts a 16-byte one under the old name
+/// (`nft_dump_register`: NFT_REG32_00 -> NFT_REG_1, ..04 -> NFT_REG_2, ..); map it back.
+fn norm_reg(r: u32) -> u32 {
+    match r {
+        1..=4 => NFT_REG32_00 + (r - 1) * 4,
+        r => r,
+    }
+}
+
 fn decode_known(name: &str, a: Attrs<'_>) -> Option<Expr> {
     let u = |ty| a.find(ty).and_then(|x| x.be32());
+    let r = |ty| u(ty).map(norm_reg);
     Some(match name {
         "payload" => Expr::Payload {
             base: match u(NFTA_PAYLOAD_BASE)? {
@@ -361,7 +371,7 @@ fn decode_known(name: &str, a: Attrs<'_>) -> Option<Expr> {
             },
             offset: u(NFTA_PAYLOAD_OFFSET)?,
             len: u(NFTA_PAYLOAD_LEN)?,
-            dreg: u(NFTA_PAYLOAD_DREG)?,
+            dreg: r(NFTA_PAYLOAD_DREG)?,
         },
         "meta" => Expr::Meta {
             key: match u(NFTA_META_KEY)? {
@@ -373,7 +383,7 @@ fn decode_known(name: &str, a: Attrs<'_>) -> Option<Expr> {
                 16 => MetaKey::L4Proto,
                 _ => return None,
             },
-            dreg: u(NFTA_META_DREG)?,
+            dreg: r(NFTA_META_DREG)?,
         },
         "ct" => Expr::Ct {
             key: match u(NFTA_CT_KEY)? {
@@ -392,38 +402,38 @@ fn decode_known(name: &str, a: Attrs<'_>) -> Option<Expr> {
                 Some(Some(1)) => Some(CtDir::Reply),
                 Some(_) => return None,
             },
-            dreg: u(NFTA_CT_DREG)?,
+            dreg: r(NFTA_CT_DREG)?,
         },
         "fib" => Expr::Fib {
             result: u(NFTA_FIB_RESULT)?,
             flags: u(NFTA_FIB_FLAGS)?,
-            dreg: u(NFTA_FIB_DREG)?,
+            dreg: r(NFTA_FIB_DREG)?,
         },
         "cmp" => Expr::Cmp {
-            sreg: u(NFTA_CMP_SREG)?,
+            sreg: r(NFTA_CMP_SREG)?,
             op: cmp_op(u(NFTA_CMP_OP)?)?,
             data: data_value(&a, NFTA_CMP_DATA)?,
         },
         "bitwise" => Expr::Bitwise {
-            sreg: u(NFTA_BITWISE_SREG)?,
-            dreg: u(NFTA_BITWISE_DREG)?,
+            sreg: r(NFTA_BITWISE_SREG)?,
+            dreg: r(NFTA_BITWISE_DREG)?,
             mask: data_value(&a, NFTA_BITWISE_MASK)?,
             xor: data_value(&a, NFTA_BITWISE_XOR)?,
         },
         "range" => Expr::Range {
-            sreg: u(NFTA_RANGE_SREG)?,
+            sreg: r(NFTA_RANGE_SREG)?,
             op: cmp_op(u(NFTA_RANGE_OP)?)?,
             from: data_value(&a, NFTA_RANGE_FROM_DATA)?,
             to: data_value(&a, NFTA_RANGE_TO_DATA)?,
         },
         "lookup" => Expr::Lookup {
             set: a.find(NFTA_LOOKUP_SET)?.string(),
-            sreg: u(NFTA_LOOKUP_SREG)?,
-            dreg: u(NFTA_LOOKUP_DREG),
+            sreg: r(NFTA_LOOKUP_SREG)?,
+            dreg: r(NFTA_LOOKUP_DREG),
             invert: u(NFTA_LOOKUP_FLAGS).unwrap_or(0) & NFT_LOOKUP_F_INV != 0,
         },
         "immediate" => {
-            let dreg = u(NFTA_IMMEDIATE_DREG)?;
+            let dreg = r(NFTA_IMMEDIATE_DREG)?;
             let data = a.find(NFTA_IMMEDIATE_DATA)?.nested();
             if dreg == NFT_REG_VERDICT {
                 Expr::Verdict(Verdict::decode(data)?)
@@ -442,8 +452,8 @@ fn decode_known(name: &str, a: Attrs<'_>) -> Option<Expr> {
                 _ => return None,
             },
             family: u(NFTA_NAT_FAMILY)? as u8,
-            addr_reg: u(NFTA_NAT_REG_ADDR_MIN),
-            proto_reg: u(NFTA_NAT_REG_PROTO_MIN),
+            addr_reg: r(NFTA_NAT_REG_ADDR_MIN),
+            proto_reg: r(NFTA_NAT_REG_PROTO_MIN),
             // The kernel reports the flags it derived (MAP_IPS, PROTO_SPECIFIED) too;
             // keep only what a caller could have asked for beyond those.
             flags: u(NFTA_NAT_FLAGS).unwrap_or(0) & !0x3,

@@ -198,3 +198,33 @@ fn unknown_expression_is_kept_raw() {
     let back = decode_list(Attrs::new(&bytes));
     assert_eq!(back, vec![e]);
 }
+
+#[test]
+fn registers_dumped_under_old_names_decode_to_32bit_ones() {
+    // The kernel answers NFT_REG32_00 (8) as NFT_REG_1 (1) and NFT_REG32_04 as NFT_REG_2.
+    let mut w = AttrWriter::new();
+    Expr::Meta {
+        key: MetaKey::L4Proto,
+        dreg: 1,
+    }
+    .encode(&mut w);
+    Expr::Meta {
+        key: MetaKey::L4Proto,
+        dreg: 2,
+    }
+    .encode(&mut w);
+    Expr::Meta {
+        key: MetaKey::L4Proto,
+        dreg: 9,
+    }
+    .encode(&mut w);
+    let bytes = w.into_bytes();
+    let regs: Vec<u32> = decode_list(Attrs::new(&bytes))
+        .into_iter()
+        .map(|e| match e {
+            Expr::Meta { dreg, .. } => dreg,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(regs, vec![reg(0), reg(4), reg(1)]);
+}
