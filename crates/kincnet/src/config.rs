@@ -198,7 +198,10 @@ fn validate_name(name: &str) -> CniResult<()> {
     // The name becomes a directory under dataDir: keep it to the spec's character set.
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -217,7 +220,11 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
         return Err(format!("{name:?} must be 1 to 15 bytes long"));
     }
-    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
     {
         return Err(format!("{name:?} is not a valid interface name"));
     }
@@ -258,8 +265,8 @@ fn parse_ipam(raw: Option<RawIpam>, name: &str) -> CniResult<Ipam> {
                     Some((i, j))
                 })
             });
-            let (i, j) = found
-                .ok_or_else(|| invalid("ipam.ranges", "no IPv4 subnet in any range"))?;
+            let (i, j) =
+                found.ok_or_else(|| invalid("ipam.ranges", "no IPv4 subnet in any range"))?;
             let r = &ranges[i][j];
             (
                 format!("ipam.ranges[{i}][{j}]"),
@@ -291,7 +298,10 @@ fn parse_ipam(raw: Option<RawIpam>, name: &str) -> CniResult<Ipam> {
     let in_subnet = |field: &str, ip: Ipv4Addr| -> CniResult<Ipv4Addr> {
         let v = u32::from(ip);
         if v < first || v > last {
-            Err(invalid(field, format!("{ip} is not a host address of {subnet}")))
+            Err(invalid(
+                field,
+                format!("{ip} is not a host address of {subnet}"),
+            ))
         } else {
             Ok(ip)
         }
@@ -368,7 +378,12 @@ fn parse_port_mappings(list: Vec<RawPortMapping>) -> CniResult<Vec<PortMapping>>
         };
         let host_port = port("hostPort", m.host_port)?;
         let container_port = port("containerPort", m.container_port)?;
-        let protocol = match m.protocol.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        let protocol = match m
+            .protocol
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("") | Some("tcp") => Proto::Tcp,
             Some("udp") => Proto::Udp,
             Some(p) => {
@@ -436,23 +451,71 @@ mod tests {
     fn errors_name_the_field() {
         let cases: &[(&str, Code, &str)] = &[
             (r#"{"cniVersion":"1.0.0""#, Code::Decode, "EOF"),
-            (r#"{"cniVersion":"1.0.0","name":"n","mtu":"x","ipam":{}}"#, Code::Decode, "mtu"),
-            (&conf(r#"{"subnet":"10.0.0.0/33"}"#), Code::InvalidConfig, "ipam.subnet"),
-            (&conf(r#"{"subnet":"nope"}"#), Code::InvalidConfig, "ipam.subnet"),
-            (&conf(r#"{"subnet":"10.0.0.0/24","rangeStart":"10.0.1.5"}"#), Code::InvalidConfig, "ipam.rangeStart"),
-            (&conf(r#"{"type":"dhcp","subnet":"10.0.0.0/24"}"#), Code::InvalidConfig, "ipam.type"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","mtu":"x","ipam":{}}"#,
+                Code::Decode,
+                "mtu",
+            ),
+            (
+                &conf(r#"{"subnet":"10.0.0.0/33"}"#),
+                Code::InvalidConfig,
+                "ipam.subnet",
+            ),
+            (
+                &conf(r#"{"subnet":"nope"}"#),
+                Code::InvalidConfig,
+                "ipam.subnet",
+            ),
+            (
+                &conf(r#"{"subnet":"10.0.0.0/24","rangeStart":"10.0.1.5"}"#),
+                Code::InvalidConfig,
+                "ipam.rangeStart",
+            ),
+            (
+                &conf(r#"{"type":"dhcp","subnet":"10.0.0.0/24"}"#),
+                Code::InvalidConfig,
+                "ipam.type",
+            ),
             (&conf(r#"{}"#), Code::InvalidConfig, "ipam.subnet"),
-            (r#"{"cniVersion":"9.9.9","name":"n","ipam":{"subnet":"10.0.0.0/24"}}"#, Code::IncompatibleVersion, "9.9.9"),
-            (r#"{"name":"n","ipam":{"subnet":"10.0.0.0/24"}}"#, Code::InvalidConfig, "cniVersion"),
-            (r#"{"cniVersion":"1.0.0","name":"a/b","ipam":{"subnet":"10.0.0.0/24"}}"#, Code::InvalidConfig, "name"),
-            (r#"{"cniVersion":"1.0.0","name":"n","bridge":"waytoolongbridgename","ipam":{"subnet":"10.0.0.0/24"}}"#, Code::InvalidConfig, "bridge"),
-            (r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.0.0.0/24"},"runtimeConfig":{"portMappings":[{"hostPort":70000,"containerPort":80}]}}"#, Code::InvalidConfig, "portMappings[0].hostPort"),
-            (r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.0.0.0/24"},"runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"sctp"}]}}"#, Code::InvalidConfig, "protocol"),
+            (
+                r#"{"cniVersion":"9.9.9","name":"n","ipam":{"subnet":"10.0.0.0/24"}}"#,
+                Code::IncompatibleVersion,
+                "9.9.9",
+            ),
+            (
+                r#"{"name":"n","ipam":{"subnet":"10.0.0.0/24"}}"#,
+                Code::InvalidConfig,
+                "cniVersion",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"a/b","ipam":{"subnet":"10.0.0.0/24"}}"#,
+                Code::InvalidConfig,
+                "name",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","bridge":"waytoolongbridgename","ipam":{"subnet":"10.0.0.0/24"}}"#,
+                Code::InvalidConfig,
+                "bridge",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.0.0.0/24"},"runtimeConfig":{"portMappings":[{"hostPort":70000,"containerPort":80}]}}"#,
+                Code::InvalidConfig,
+                "portMappings[0].hostPort",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.0.0.0/24"},"runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"sctp"}]}}"#,
+                Code::InvalidConfig,
+                "protocol",
+            ),
         ];
         for (input, code, needle) in cases {
             let err = parse(input.as_bytes()).expect_err(input);
             assert_eq!(err.code, *code, "{input}: {err:?}");
-            assert!(err.msg.contains(needle), "{input}: {:?} lacks {needle}", err.msg);
+            assert!(
+                err.msg.contains(needle),
+                "{input}: {:?} lacks {needle}",
+                err.msg
+            );
         }
     }
 
@@ -462,8 +525,18 @@ mod tests {
         assert_eq!(
             c.port_mappings,
             vec![
-                PortMapping { host_port: 8080, container_port: 80, protocol: Proto::Tcp, host_ip: Some(Ipv4Addr::LOCALHOST) },
-                PortMapping { host_port: 53, container_port: 53, protocol: Proto::Udp, host_ip: None },
+                PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: Proto::Tcp,
+                    host_ip: Some(Ipv4Addr::LOCALHOST)
+                },
+                PortMapping {
+                    host_port: 53,
+                    container_port: 53,
+                    protocol: Proto::Udp,
+                    host_ip: None
+                },
             ]
         );
     }

@@ -60,7 +60,11 @@ pub struct RouteWire {
 /// A result as it travels on the wire (also `prevResult`, which may come from any version).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct RawResult {
-    #[serde(rename = "cniVersion", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "cniVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cni_version: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<Interface>,
@@ -133,7 +137,10 @@ mod tests {
             sandbox: "/run/netns/x".into(),
             address: "10.9.0.2/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 9, 0, 1),
-            routes: vec![Route { dst: "0.0.0.0/0".parse().unwrap(), gw: Some(Ipv4Addr::new(10, 9, 0, 1)) }],
+            routes: vec![Route {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gw: Some(Ipv4Addr::new(10, 9, 0, 1)),
+            }],
             dns: None,
             mtu: Some(1400),
         }
