@@ -46,6 +46,9 @@ impl NlError {
 
 pub type NlResult<T> = Result<T, NlError>;
 
+/// A main-table IPv4 route: destination, gateway, output interface.
+pub type RouteEntry = (Ipv4Network, Option<Ipv4Addr>, Option<u32>);
+
 pub struct Netlink {
     fd: OwnedFd,
     seq: u32,
@@ -472,7 +475,7 @@ impl Netlink {
     }
 
     /// IPv4 routes of the main table: (dst, gw, oif).
-    pub fn routes_v4(&mut self) -> NlResult<Vec<(Ipv4Network, Option<Ipv4Addr>, Option<u32>)>> {
+    pub fn routes_v4(&mut self) -> NlResult<Vec<RouteEntry>> {
         let mut m = RouteMessage::default();
         m.header.address_family = AddressFamily::Inet;
         let answers = self.request(
