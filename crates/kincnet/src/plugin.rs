@@ -177,8 +177,12 @@ fn pod_routes(conf: &NetConf) -> Vec<Route> {
 
 fn add(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<AddOutcome> {
     let netns_path = cenv.netns.as_deref().expect("CNI_NETNS checked");
-    let ns = open_netns(netns_path)
-        .map_err(|e| CniError::generic(format!("CNI_NETNS {}: {e}", netns_path.display())))?;
+    let ns = open_netns(netns_path).map_err(|e| {
+        CniError::new(
+            Code::InvalidEnv,
+            format!("CNI_NETNS {}: {e}", netns_path.display()),
+        )
+    })?;
     let mut nl = nl_open()?;
     let bridge = ensure_bridge(&mut nl, conf, fw)?;
     let ip = Store::open(&conf.ipam.data_dir)?.allocate(
@@ -247,6 +251,10 @@ fn set_up_pod(
             create(nl)?;
         }
         r => r?,
+    }
+    // Fault injection for the test that kills ADD midway: hold here until killed.
+    if std::env::var_os("KINCNET_TEST_STALL_AFTER_VETH").is_some() {
+        std::thread::sleep(std::time::Duration::from_secs(60));
     }
     let h = nl
         .link_by_name(host)?
@@ -354,8 +362,12 @@ fn check(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<()> {
         )));
     }
     let netns_path = cenv.netns.as_deref().expect("CNI_NETNS checked");
-    let ns = open_netns(netns_path)
-        .map_err(|e| CniError::generic(format!("CNI_NETNS {}: {e}", netns_path.display())))?;
+    let ns = open_netns(netns_path).map_err(|e| {
+        CniError::new(
+            Code::InvalidEnv,
+            format!("CNI_NETNS {}: {e}", netns_path.display()),
+        )
+    })?;
     let mut pod = Netlink::open_in(&ns).map_err(|e| {
         CniError::generic(format!("entering CNI_NETNS {}: {e}", netns_path.display()))
     })?;
