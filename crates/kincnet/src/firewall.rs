@@ -1,10 +1,10 @@
 //! The firewall kincnet needs (masquerade of the pod subnet, DNAT of port mappings),
 //! behind a trait so the commands do not depend on how it is programmed.
-//! The real implementation is `kinc-nft` (nf_tables over netlink, one table per network).
+//! The implementation is `kinc-nft`: nf_tables over netlink, no `nft` process.
 
 use std::net::Ipv4Addr;
 
-use crate::config::{NetConf, PortMapping};
+use crate::config::{NetConf, PortMapping, Proto};
 use crate::error::{CniError, Code};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,57 +41,73 @@ pub trait Firewall {
     fn retain_pods(&self, keep: &[Ipv4Addr]) -> Result<usize, FwError>;
 }
 
-/// The nftables table kincnet owns for a network: one per bridge.
-pub fn table_name(conf: &NetConf) -> String {
-    format!("kincnet-{}", conf.bridge)
+/// The nftables table (family ip) kincnet owns; networks share it, each with its
+/// own masquerade rules keyed by bridge.
+pub const TABLE: &str = "kincnet";
+
+/// kinc-nft's firewall for this network.
+pub fn for_network(conf: &NetConf) -> Nft {
+    Nft(kinc_nft::NetworkFirewall {
+        table: TABLE.to_string(),
+        bridge: conf.bridge.clone(),
+        subnet: conf.ipam.subnet,
+        masquerade: conf.ip_masq,
+    })
 }
 
-pub use backend::for_network;
+pub struct Nft(pub kinc_nft::NetworkFirewall);
 
-mod backend {
-    use super::*;
-
-    /// Stand-in until kinc-nft is merged: masquerade is not installed and a pod
-    /// with port mappings fails ADD, loudly.
-    pub struct Unavailable {
-        table: String,
+fn to_nft(m: &PortMapping) -> kinc_nft::PortMapping {
+    kinc_nft::PortMapping {
+        host_ip: m.host_ip,
+        host_port: m.host_port,
+        container_port: m.container_port,
+        proto: match m.protocol {
+            Proto::Tcp => kinc_nft::Proto::Tcp,
+            Proto::Udp => kinc_nft::Proto::Udp,
+        },
     }
+}
 
-    pub fn for_network(conf: &NetConf) -> Unavailable {
-        Unavailable {
-            table: table_name(conf),
+fn from_nft(m: kinc_nft::PortMapping) -> PortMapping {
+    PortMapping {
+        host_ip: m.host_ip,
+        host_port: m.host_port,
+        container_port: m.container_port,
+        protocol: match m.proto {
+            kinc_nft::Proto::Tcp => Proto::Tcp,
+            kinc_nft::Proto::Udp => Proto::Udp,
+        },
+    }
+}
+
+impl Nft {
+    fn err(&self, e: kinc_nft::FirewallError) -> FwError {
+        FwError {
+            table: self.0.table.clone(),
+            transient: e.is_transient(),
+            msg: e.to_string(),
         }
     }
+}
 
-    impl Unavailable {
-        fn err(&self) -> FwError {
-            FwError {
-                table: self.table.clone(),
-                msg: "this kincnet was built without kinc-nft: no port mappings".into(),
-                transient: false,
-            }
-        }
+impl Firewall for Nft {
+    fn ensure(&self) -> Result<(), FwError> {
+        self.0.ensure().map_err(|e| self.err(e))
     }
-
-    impl Firewall for Unavailable {
-        fn ensure(&self) -> Result<(), FwError> {
-            Ok(())
-        }
-        fn add_pod(&self, _: Ipv4Addr, m: &[PortMapping]) -> Result<(), FwError> {
-            if m.is_empty() {
-                Ok(())
-            } else {
-                Err(self.err())
-            }
-        }
-        fn remove_pod(&self, _: Ipv4Addr, _: &[PortMapping]) -> Result<(), FwError> {
-            Ok(())
-        }
-        fn pod_mappings(&self, _: Ipv4Addr) -> Result<Vec<PortMapping>, FwError> {
-            Ok(Vec::new())
-        }
-        fn retain_pods(&self, _: &[Ipv4Addr]) -> Result<usize, FwError> {
-            Ok(0)
-        }
+    fn add_pod(&self, ip: Ipv4Addr, mappings: &[PortMapping]) -> Result<(), FwError> {
+        let m: Vec<_> = mappings.iter().map(to_nft).collect();
+        self.0.add_pod(ip, &m).map_err(|e| self.err(e))
+    }
+    fn remove_pod(&self, ip: Ipv4Addr, mappings: &[PortMapping]) -> Result<(), FwError> {
+        let m: Vec<_> = mappings.iter().map(to_nft).collect();
+        self.0.remove_pod(ip, &m).map_err(|e| self.err(e))
+    }
+    fn pod_mappings(&self, ip: Ipv4Addr) -> Result<Vec<PortMapping>, FwError> {
+        let m = self.0.pod_mappings(ip).map_err(|e| self.err(e))?;
+        Ok(m.into_iter().map(from_nft).collect())
+    }
+    fn retain_pods(&self, keep: &[Ipv4Addr]) -> Result<usize, FwError> {
+        self.0.retain_pods(keep).map_err(|e| self.err(e))
     }
 }

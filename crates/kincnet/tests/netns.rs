@@ -224,16 +224,26 @@ fn check_with_port_mapping_compares_the_firewall() {
 /// unknown container: all succeed and leave no veth, no allocation, no nft element.
 fn del_is_idempotent(with_ports: bool) {
     let t = Topo::new();
-    let conf = if with_ports {
-        t.conf_with_ports(
-            "1.0.0",
-            json!([{"hostPort": 18100, "containerPort": 80}, {"hostPort": 18101, "containerPort": 53, "protocol": "udp"}]),
-        )
-    } else {
-        t.conf("1.0.0")
-    };
+    // Each pod its own host ports (a host port maps to one pod).
+    let confs: Vec<_> = (0..3u16)
+        .map(|i| {
+            if with_ports {
+                t.conf_with_ports(
+                    "1.0.0",
+                    json!([{"hostPort": 18100 + 2 * i, "containerPort": 80},
+                           {"hostPort": 18101 + 2 * i, "containerPort": 53, "protocol": "udp"}]),
+                )
+            } else {
+                t.conf("1.0.0")
+            }
+        })
+        .collect();
     let pods: Vec<(Netns, String)> = (0..3).map(|_| (Netns::new("knp"), unique("c"))).collect();
-    let results: Vec<_> = pods.iter().map(|(p, c)| t.add(&conf, c, p)).collect();
+    let results: Vec<_> = pods
+        .iter()
+        .zip(&confs)
+        .map(|((p, c), conf)| t.add(conf, c, p))
+        .collect();
     let ips: Vec<String> = results.iter().map(|r| result_ip(r).to_string()).collect();
     if with_ports {
         let rules = t.ruleset();
@@ -246,7 +256,12 @@ fn del_is_idempotent(with_ports: bool) {
     }
     let del = |i: usize| {
         let (p, c) = &pods[i];
-        let o = t.invoke("DEL", &with_prev(&conf, &results[i]), c, Some(&p.path()));
+        let o = t.invoke(
+            "DEL",
+            &with_prev(&confs[i], &results[i]),
+            c,
+            Some(&p.path()),
+        );
         assert_eq!(o.code, 0, "DEL {c}: {}", o.stdout);
     };
     // 0: twice.
@@ -265,7 +280,7 @@ fn del_is_idempotent(with_ports: bool) {
     // Unknown container, netns path that never existed.
     let o = t.invoke(
         "DEL",
-        &conf,
+        &confs[0],
         "never-added",
         Some(std::path::Path::new("/run/netns/none")),
     );

@@ -70,6 +70,7 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
             .status();
     }
 }
