@@ -153,7 +153,7 @@ pub fn parse(bytes: &[u8]) -> CniResult<NetConf> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let raw: RawConf = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let what = if path == "." || path.is_empty() {
+        let what = if path == "." || path == "?" || path.is_empty() {
             "network config".to_string()
         } else {
             path
