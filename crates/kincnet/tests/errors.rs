@@ -32,6 +32,9 @@ fn run(env: &[(&str, &str)], stdin: &str) -> (i32, Value, String) {
     )
 }
 
+/// (what, env, stdin, expected code, words the message must contain)
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64, &'a str);
+
 fn good(dir: &str) -> Value {
     json!({"cniVersion": "1.0.0", "name": "kerr", "type": "kincnet",
            "ipam": {"subnet": "10.77.0.0/24", "dataDir": dir}})
@@ -72,8 +75,7 @@ fn malformed_input_gets_the_spec_error_codes() {
         c["ipam"]["dataDir"] = json!(file.join("sub"));
         c.to_string()
     };
-    // (what, env, stdin, code, words the message must contain)
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "truncated JSON",
             with(&[]),
