@@ -1,0 +1,21 @@
+//! The kincnet CNI plugin binary: CNI_* environment and config on stdin, result on stdout.
+
+use std::io::{Read, Write};
+
+fn main() {
+    if std::env::args()
+        .nth(1)
+        .is_some_and(|a| a == "--help" || a == "-h")
+    {
+        print!("{}", kincnet::HELP);
+        return;
+    }
+    let mut stdin = Vec::new();
+    // VERSION may come with no stdin at all; a read error is the same as empty input.
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    let out = kincnet::plugin::run(&|k: &str| std::env::var(k).ok(), &stdin);
+    let mut so = std::io::stdout().lock();
+    let _ = so.write_all(out.stdout.as_bytes());
+    let _ = so.flush();
+    std::process::exit(out.code);
+}

@@ -1,0 +1,504 @@
+//! The CNI commands. `run` is the whole plugin minus process I/O: environment lookup
+//! and stdin in, stdout text and exit code out.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::ErrorKind;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnetwork::Ipv4Network;
+
+use crate::config::{self, NetConf, PortMapping};
+use crate::env::{self, CniEnv, Command};
+use crate::error::{CniError, CniResult, Code};
+use crate::firewall::{self, Firewall};
+use crate::ipam::{self, Store};
+use crate::netlink::{mac_string, Link, Netlink, NlError};
+use crate::result::{AddOutcome, RawResult, Route};
+use crate::version::{self, Version};
+
+/// What the process prints and exits with.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Output {
+    pub stdout: String,
+    pub code: i32,
+}
+
+impl From<NlError> for CniError {
+    fn from(e: NlError) -> CniError {
+        let code = match e.errno() {
+            Some(libc::EBUSY) | Some(libc::EAGAIN) => Code::TryAgainLater,
+            _ => Code::Generic,
+        };
+        CniError::new(code, e.to_string())
+    }
+}
+
+fn nl_open() -> CniResult<Netlink> {
+    Netlink::open().map_err(|e| CniError::generic(format!("opening a netlink socket: {e}")))
+}
+
+/// Runs one invocation.
+pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Output {
+    let asked = config::peek_version(stdin);
+    let label = asked
+        .as_deref()
+        .filter(|v| Version::parse(v).is_ok())
+        .unwrap_or(version::LATEST)
+        .to_string();
+    match dispatch(get, stdin, asked.as_deref()) {
+        Ok(stdout) => Output { stdout, code: 0 },
+        Err(e) => Output {
+            stdout: e.to_json(&label),
+            code: 1,
+        },
+    }
+}
+
+fn dispatch(
+    get: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+    asked: Option<&str>,
+) -> CniResult<String> {
+    if env::command(get)? == Command::Version {
+        return Ok(version::version_info(asked));
+    }
+    let conf = config::parse(stdin)?;
+    let cenv = CniEnv::read(get)?;
+    let fw = firewall::for_network(&conf);
+    match cenv.command {
+        Command::Add => {
+            let out = add(&cenv, &conf, &fw)?;
+            Ok(serde_json::to_string(&out.render(conf.version)).expect("result serializes"))
+        }
+        Command::Del => del(&cenv, &conf, &fw).map(|_| String::new()),
+        Command::Check => {
+            if !conf.version.has_check() {
+                return Err(CniError::new(
+                    Code::IncompatibleVersion,
+                    format!(
+                        "CHECK needs cniVersion 0.4.0 or later, config is {}",
+                        conf.version.as_str()
+                    ),
+                ));
+            }
+            check(&cenv, &conf, &fw).map(|_| String::new())
+        }
+        Command::Status => status(&conf).map(|_| String::new()),
+        Command::Gc => gc(&conf, &fw).map(|_| String::new()),
+        Command::Version => unreachable!("handled above"),
+    }
+}
+
+/// The host end's name: stable per attachment, so DEL and GC find it without state.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    // FNV-1a: no dependency, and 48 bits make a collision on one node negligible.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("kn{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// Locally administered MACs derived from the address: stable across re-creation,
+/// and no query needed to report them.
+fn mac(kind: u8, ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0a, kind, o[0], o[1], o[2], o[3]]
+}
+const MAC_POD: u8 = 0x58;
+const MAC_HOST: u8 = 0x59;
+const MAC_BRIDGE: u8 = 0x5a;
+
+fn open_netns(path: &Path) -> std::io::Result<File> {
+    File::open(path)
+}
+
+/// Writes "1" to a sysctl of the calling thread's netns unless it already is 1.
+fn sysctl_on(key: &str) -> CniResult<()> {
+    let path = format!("/proc/sys/{key}");
+    match std::fs::read(&path) {
+        Ok(v) if v.first() == Some(&b'1') => Ok(()),
+        _ => std::fs::write(&path, b"1")
+            .map_err(|e| CniError::new(Code::Io, format!("writing 1 to {path}: {e}"))),
+    }
+}
+
+fn ensure_bridge(nl: &mut Netlink, conf: &NetConf, fw: &dyn Firewall) -> CniResult<Link> {
+    let gw_net = Ipv4Network::new(conf.ipam.gateway, conf.ipam.subnet.prefix())
+        .expect("gateway and prefix validated");
+    let link = match nl.link_by_name(&conf.bridge)? {
+        Some(l) => l,
+        None => {
+            nl.create_bridge(&conf.bridge, mac(MAC_BRIDGE, conf.ipam.gateway))?;
+            nl.link_by_name(&conf.bridge)?.ok_or_else(|| {
+                CniError::generic(format!("bridge {} vanished after creation", conf.bridge))
+            })?
+        }
+    };
+    if !link.up {
+        nl.set_up(link.index)?;
+    }
+    if conf.is_gateway {
+        nl.add_addr(link.index, gw_net)?;
+        sysctl_on("net/ipv4/ip_forward")?;
+    }
+    // 127.0.0.1:hostPort is DNATed to a pod: the kernel drops such packets unless
+    // route_localnet allows 127/8 to be routed.
+    sysctl_on("net/ipv4/conf/all/route_localnet")?;
+    fw.ensure()?;
+    Ok(link)
+}
+
+fn pod_routes(conf: &NetConf) -> Vec<Route> {
+    let gw = conf.ipam.gateway;
+    let mut routes: Vec<Route> = conf
+        .ipam
+        .routes
+        .iter()
+        .map(|r| Route {
+            dst: r.dst,
+            gw: Some(r.gw.unwrap_or(gw)),
+        })
+        .collect();
+    if conf.is_gateway && !routes.iter().any(|r| r.dst.prefix() == 0) {
+        routes.insert(
+            0,
+            Route {
+                dst: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).unwrap(),
+                gw: Some(gw),
+            },
+        );
+    }
+    routes
+}
+
+fn add(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<AddOutcome> {
+    let netns_path = cenv.netns.as_deref().expect("CNI_NETNS checked");
+    let ns = open_netns(netns_path).map_err(|e| {
+        CniError::new(
+            Code::InvalidEnv,
+            format!("CNI_NETNS {}: {e}", netns_path.display()),
+        )
+    })?;
+    let mut nl = nl_open()?;
+    let bridge = ensure_bridge(&mut nl, conf, fw)?;
+    let ip = Store::open(&conf.ipam.data_dir)?.allocate(
+        &conf.ipam,
+        &cenv.container_id,
+        &cenv.ifname,
+        cenv.requested_ip,
+        &conf.port_mappings,
+    )?;
+    let host = host_veth_name(&cenv.container_id, &cenv.ifname);
+    match set_up_pod(&mut nl, &ns, cenv, conf, fw, &bridge, &host, ip) {
+        Ok(out) => Ok(out),
+        Err(e) => {
+            // Undo what this call made; report the first error, and any cleanup failure.
+            let mut cleanup = Vec::new();
+            if let Err(ce) = nl.del_link_by_name(&host) {
+                cleanup.push(ce.to_string());
+            }
+            if let Err(ce) = fw.remove_pod(ip, &conf.port_mappings) {
+                cleanup.push(ce.to_string());
+            }
+            match Store::open(&conf.ipam.data_dir)
+                .and_then(|mut s| s.release(&cenv.container_id, &cenv.ifname))
+            {
+                Ok(_) => {}
+                Err(ce) => cleanup.push(ce.to_string()),
+            }
+            if cleanup.is_empty() {
+                Err(e)
+            } else {
+                let msg = format!("{}; error during cleanup: {}", e.msg, cleanup.join("; "));
+                Err(CniError { msg, ..e })
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn set_up_pod(
+    nl: &mut Netlink,
+    ns: &File,
+    cenv: &CniEnv,
+    conf: &NetConf,
+    fw: &dyn Firewall,
+    bridge: &Link,
+    host: &str,
+    ip: Ipv4Addr,
+) -> CniResult<AddOutcome> {
+    let host_mac = mac(MAC_HOST, ip);
+    let pod_mac = mac(MAC_POD, ip);
+    let create = |nl: &mut Netlink| {
+        nl.create_veth(
+            host,
+            host_mac,
+            &cenv.ifname,
+            pod_mac,
+            ns,
+            conf.mtu,
+            bridge.index,
+        )
+    };
+    match create(nl) {
+        // A host end left by an ADD that was killed: replace it.
+        Err(e) if e.is(libc::EEXIST) && nl.link_by_name(host)?.is_some() => {
+            nl.del_link_by_name(host)?;
+            create(nl)?;
+        }
+        r => r?,
+    }
+    // Fault injection for the test that kills ADD midway: hold here until killed.
+    if std::env::var_os("KINCNET_TEST_STALL_AFTER_VETH").is_some() {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+    let h = nl
+        .link_by_name(host)?
+        .ok_or_else(|| CniError::generic(format!("veth {host} vanished after creation")))?;
+    nl.set_port_up(h.index, conf.hairpin)?;
+    let mut pod = Netlink::open_in(ns).map_err(|e| {
+        CniError::generic(format!(
+            "entering CNI_NETNS {}: {e}",
+            cenv.netns.as_deref().unwrap_or(Path::new("")).display()
+        ))
+    })?;
+    let link = pod.link_by_name(&cenv.ifname)?.ok_or_else(|| {
+        CniError::generic(format!(
+            "{} not found in the pod netns after creation",
+            cenv.ifname
+        ))
+    })?;
+    let address = Ipv4Network::new(ip, conf.ipam.subnet.prefix()).expect("prefix validated");
+    pod.add_addr(link.index, address)?;
+    pod.set_up(link.index)?;
+    let routes = pod_routes(conf);
+    for r in &routes {
+        pod.add_route(r.dst, r.gw, link.index)?;
+    }
+    fw.add_pod(ip, &conf.port_mappings)?;
+    Ok(AddOutcome {
+        bridge: (conf.bridge.clone(), mac_string(&bridge.mac)),
+        host_veth: (host.to_string(), mac_string(&host_mac)),
+        container: (cenv.ifname.clone(), mac_string(&pod_mac)),
+        sandbox: cenv
+            .netns
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        address,
+        gateway: conf.ipam.gateway,
+        routes,
+        dns: conf.dns.clone(),
+        mtu: conf.mtu,
+    })
+}
+
+/// The pod's IPv4 address according to a prevResult.
+fn prev_ip(prev: &RawResult) -> Option<Ipv4Network> {
+    prev.ips
+        .iter()
+        .find_map(|i| i.address.parse::<Ipv4Network>().ok())
+}
+
+fn del(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<()> {
+    let record = Store::open(&conf.ipam.data_dir)?
+        .get(&cenv.container_id, &cenv.ifname)
+        .cloned();
+    // The store is the truth; prevResult and the config only help if it was lost.
+    let (ip, mappings) = match &record {
+        Some(r) => (Some(r.ip), r.port_mappings.clone()),
+        None => (
+            conf.prev_result.as_ref().and_then(prev_ip).map(|n| n.ip()),
+            conf.port_mappings.clone(),
+        ),
+    };
+    if let Some(ip) = ip {
+        fw.remove_pod(ip, &mappings)?;
+    }
+    let mut nl = nl_open()?;
+    // Deleting the host end removes the pair, also when the netns is already gone.
+    nl.del_link_by_name(&host_veth_name(&cenv.container_id, &cenv.ifname))?;
+    if record.is_some() {
+        Store::open(&conf.ipam.data_dir)?.release(&cenv.container_id, &cenv.ifname)?;
+    }
+    Ok(())
+}
+
+fn check_failed(msg: String) -> CniError {
+    CniError::generic(msg)
+}
+
+fn check(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<()> {
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            Code::InvalidConfig,
+            "prevResult: missing (CHECK needs the ADD result)",
+        )
+    })?;
+    let want_ip = prev_ip(prev)
+        .ok_or_else(|| CniError::new(Code::InvalidConfig, "prevResult.ips: no IPv4 address"))?;
+    let want_mac = prev
+        .interfaces
+        .iter()
+        .find(|i| i.name == cenv.ifname && i.sandbox.is_some())
+        .map(|i| i.mac.to_ascii_lowercase());
+    let record = Store::open(&conf.ipam.data_dir)?
+        .get(&cenv.container_id, &cenv.ifname)
+        .cloned()
+        .ok_or_else(|| {
+            check_failed(format!(
+                "no IPAM allocation for container {} interface {}",
+                cenv.container_id, cenv.ifname
+            ))
+        })?;
+    if record.ip != want_ip.ip() {
+        return Err(check_failed(format!(
+            "IPAM holds {} for this container, prevResult says {}",
+            record.ip, want_ip
+        )));
+    }
+    let netns_path = cenv.netns.as_deref().expect("CNI_NETNS checked");
+    let ns = open_netns(netns_path).map_err(|e| {
+        CniError::new(
+            Code::InvalidEnv,
+            format!("CNI_NETNS {}: {e}", netns_path.display()),
+        )
+    })?;
+    let mut pod = Netlink::open_in(&ns).map_err(|e| {
+        CniError::generic(format!("entering CNI_NETNS {}: {e}", netns_path.display()))
+    })?;
+    let link = pod.link_by_name(&cenv.ifname)?.ok_or_else(|| {
+        check_failed(format!(
+            "interface {} not found in {}",
+            cenv.ifname,
+            netns_path.display()
+        ))
+    })?;
+    if let Some(m) = want_mac.filter(|m| !m.is_empty()) {
+        if mac_string(&link.mac) != m {
+            return Err(check_failed(format!(
+                "interface {} has MAC {}, prevResult says {m}",
+                cenv.ifname,
+                mac_string(&link.mac)
+            )));
+        }
+    }
+    if !pod.addrs_v4(link.index)?.contains(&want_ip) {
+        return Err(check_failed(format!(
+            "interface {} lacks address {want_ip}",
+            cenv.ifname
+        )));
+    }
+    let have_routes = pod.routes_v4()?;
+    for r in &prev.routes {
+        let Ok(dst) = r.dst.parse::<Ipv4Network>() else {
+            continue;
+        };
+        let gw = r.gw.as_deref().and_then(|g| g.parse::<Ipv4Addr>().ok());
+        if !have_routes
+            .iter()
+            .any(|(d, g, _)| *d == dst && (gw.is_none() || *g == gw))
+        {
+            return Err(check_failed(format!(
+                "route {} via {} missing in the pod",
+                r.dst,
+                r.gw.as_deref().unwrap_or("-")
+            )));
+        }
+    }
+    let mut nl = nl_open()?;
+    let host = host_veth_name(&cenv.container_id, &cenv.ifname);
+    let bridge = nl.link_by_name(&conf.bridge)?;
+    match (nl.link_by_name(&host)?, bridge) {
+        (Some(h), Some(b)) if h.controller == Some(b.index) => {}
+        (None, _) => return Err(check_failed(format!("host veth {host} not found"))),
+        _ => {
+            return Err(check_failed(format!(
+                "host veth {host} is not a port of bridge {}",
+                conf.bridge
+            )))
+        }
+    }
+    let mut want: Vec<PortMapping> = conf.port_mappings.clone();
+    let mut have = fw.pod_mappings(want_ip.ip())?;
+    want.sort();
+    want.dedup();
+    have.sort();
+    have.dedup();
+    if want != have {
+        return Err(check_failed(format!(
+            "port mappings of {} differ: runtime asks for {}, firewall has {}",
+            want_ip.ip(),
+            serde_json::to_string(&want).unwrap_or_default(),
+            serde_json::to_string(&have).unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+fn status(conf: &NetConf) -> CniResult<()> {
+    let not_available = |msg: String| CniError::new(Code::NotAvailable, msg);
+    let store = Store::open(&conf.ipam.data_dir).map_err(|e| not_available(e.msg))?;
+    store.probe_writable().map_err(|e| not_available(e.msg))?;
+    if store.free_count(&conf.ipam) == 0 {
+        return Err(not_available(format!(
+            "no free address left in {}-{}",
+            conf.ipam.range_start, conf.ipam.range_end
+        )));
+    }
+    nl_open().map_err(|e| not_available(e.msg))?;
+    Ok(())
+}
+
+fn gc(conf: &NetConf, fw: &dyn Firewall) -> CniResult<()> {
+    let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
+        CniError::new(
+            Code::InvalidConfig,
+            "cni.dev/valid-attachments: missing (GC needs it)",
+        )
+    })?;
+    let keep: HashSet<String> = valid
+        .iter()
+        .map(|a| ipam::key(&a.container_id, &a.ifname))
+        .collect();
+    let keep_veths: HashSet<String> = valid
+        .iter()
+        .map(|a| host_veth_name(&a.container_id, &a.ifname))
+        .collect();
+    let mut store = Store::open(&conf.ipam.data_dir)?;
+    let removed = store.retain(&keep)?;
+    let kept_ips: Vec<Ipv4Addr> = store.records().map(|r| r.ip).collect();
+    drop(store);
+    for r in &removed {
+        fw.remove_pod(r.ip, &r.port_mappings)?;
+    }
+    fw.retain_pods(&kept_ips)?;
+    // Host ends left behind (a killed ADD, a DEL that never came): kincnet's names on
+    // this network's bridge that belong to no valid attachment.
+    let mut nl = nl_open()?;
+    if let Some(b) = nl.link_by_name(&conf.bridge)? {
+        for l in nl.links()? {
+            if l.controller == Some(b.index)
+                && l.name.starts_with("kn")
+                && l.name.len() == 14
+                && !keep_veths.contains(&l.name)
+            {
+                match nl.del_link_by_name(&l.name) {
+                    Ok(_) => {}
+                    Err(e) if e.is(libc::ENODEV) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the netns at `path` still exists (used by tests and diagnostics).
+pub fn netns_exists(path: &Path) -> bool {
+    !matches!(File::open(path), Err(e) if e.kind() == ErrorKind::NotFound)
+}
