@@ -111,6 +111,17 @@ pub enum FirewallError {
     },
 }
 
+/// For `nl::with_socket`, which may fail before any table is involved (opening the
+/// socket); the callers below fill in the table where they know it.
+impl From<nl::Error> for FirewallError {
+    fn from(source: nl::Error) -> Self {
+        FirewallError::Netlink {
+            table: String::new(),
+            source,
+        }
+    }
+}
+
 impl FirewallError {
     /// Worth retrying (CNI error code 11): the kernel was busy or the ruleset kept
     /// changing under us.
@@ -197,6 +208,14 @@ impl NetworkFirewall {
         }
     }
 
+    /// Names the table in an error that was raised without it (see `From<nl::Error>`).
+    fn named(&self, e: FirewallError) -> FirewallError {
+        match e {
+            FirewallError::Netlink { table, source } if table.is_empty() => self.err(source),
+            e => e,
+        }
+    }
+
     fn validate(&self) -> Result<(), FirewallError> {
         let bad = |field, value: &str, why| {
             Err(FirewallError::Config {
@@ -233,19 +252,19 @@ impl NetworkFirewall {
     /// transaction. When everything is in place it only reads (two netlink requests).
     pub fn ensure(&self) -> Result<(), FirewallError> {
         self.validate()?;
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
-        let mut last = None;
-        for _ in 0..RETRIES {
-            match self.ensure_once(&mut sock) {
-                Err(e) if e.errno() == Some(libc::ERESTART) => {
+        nl::with_socket(|sock| {
+            let mut last = None;
+            for _ in 0..RETRIES {
+                match self.ensure_once(sock) {
                     // Someone changed the ruleset between our read and our write (maybe a
                     // parallel ensure); read again.
-                    last = Some(e);
+                    Err(e) if e.errno() == Some(libc::ERESTART) => last = Some(e),
+                    r => return r,
                 }
-                r => return r.map_err(|e| self.err(e)),
             }
-        }
-        Err(self.err(last.expect("loop ran")))
+            Err(last.expect("loop ran"))
+        })
+        .map_err(|e| self.err(e))
     }
 
     fn ensure_once(&self, sock: &mut Socket) -> Result<(), nl::Error> {
@@ -283,8 +302,24 @@ impl NetworkFirewall {
                 .iter()
                 .map(|c| c.add_msg()),
         );
-        msgs.push(rules::map_hostports_ip(&self.table).add_msg(1));
-        msgs.push(rules::map_hostports_any(&self.table).add_msg(2));
+        // Maps are only created when missing: re-adding one the kernel holds with other
+        // flags (made by an older version, or by hand) would fail the whole transaction.
+        let sets = match sock.list_sets(Family::Ip, &self.table) {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for (id, map) in [
+            rules::map_hostports_ip(&self.table),
+            rules::map_hostports_any(&self.table),
+        ]
+        .iter()
+        .enumerate()
+        {
+            if !sets.contains(&map.name) {
+                msgs.push(map.add_msg(id as u32 + 1));
+            }
+        }
         for (have, want) in stale {
             msgs.extend(have.iter().map(|r| r.del_msg()));
             msgs.extend(want.iter().map(|r| r.add_msg()));
@@ -329,8 +364,17 @@ impl NetworkFirewall {
             .iter()
             .map(|(map, elems)| self.map(map).add_elems_msg(elems))
             .collect();
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
-        match sock.commit(&msgs, None) {
+        nl::with_socket(|sock| self.add_elems(sock, ip, mappings, &msgs)).map_err(|e| self.named(e))
+    }
+
+    fn add_elems(
+        &self,
+        sock: &mut Socket,
+        ip: Ipv4Addr,
+        mappings: &[PortMapping],
+        msgs: &[Msg],
+    ) -> Result<(), FirewallError> {
+        match sock.commit(msgs, None) {
             Ok(()) => Ok(()),
             Err(e) if matches!(e.errno(), Some(libc::EBUSY | libc::EEXIST)) => {
                 // An element with this key and another target exists: say which.
@@ -361,7 +405,15 @@ impl NetworkFirewall {
             return Ok(());
         }
         self.validate()?;
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
+        nl::with_socket(|sock| self.remove_elems(sock, ip, mappings)).map_err(|e| self.named(e))
+    }
+
+    fn remove_elems(
+        &self,
+        sock: &mut Socket,
+        ip: Ipv4Addr,
+        mappings: &[PortMapping],
+    ) -> Result<(), FirewallError> {
         let mut last = None;
         for _ in 0..RETRIES {
             let mut per_map: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
@@ -421,9 +473,8 @@ impl NetworkFirewall {
     /// The mappings currently programmed that target `ip` (for CNI CHECK).
     pub fn pod_mappings(&self, ip: Ipv4Addr) -> Result<Vec<PortMapping>, FirewallError> {
         self.validate()?;
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
-        let mut v: Vec<PortMapping> = self
-            .all_mappings(&mut sock)?
+        let mut v: Vec<PortMapping> = nl::with_socket(|sock| self.all_mappings(sock))
+            .map_err(|e| self.named(e))?
             .into_iter()
             .filter(|(_, _, _, to)| *to.ip() == ip)
             .map(|(_, _, m, _)| m)
@@ -436,11 +487,14 @@ impl NetworkFirewall {
     /// transaction. Returns how many were removed.
     pub fn retain_pods(&self, keep: &[Ipv4Addr]) -> Result<usize, FirewallError> {
         self.validate()?;
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
+        nl::with_socket(|sock| self.retain_elems(sock, keep)).map_err(|e| self.named(e))
+    }
+
+    fn retain_elems(&self, sock: &mut Socket, keep: &[Ipv4Addr]) -> Result<usize, FirewallError> {
         let mut last = None;
         for _ in 0..RETRIES {
             let mut per_map: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
-            for (map, e, _, to) in self.all_mappings(&mut sock)? {
+            for (map, e, _, to) in self.all_mappings(sock)? {
                 if !keep.contains(to.ip()) {
                     per_map.entry(map).or_default().push(Elem {
                         key: e.key,

@@ -10,6 +10,7 @@
 //! ```
 
 mod attr;
+mod cache;
 pub mod consts;
 mod error;
 mod expr;
@@ -17,15 +18,19 @@ mod msg;
 mod socket;
 
 pub use attr::{Attr, AttrWriter, Attrs};
+pub use cache::{close_cached_sockets, with_socket};
 pub use error::Error;
 pub use expr::{reg, CmpOp, CtDir, CtKey, Expr, MetaKey, NatType, PayloadBase, Verdict};
 pub use msg::{
-    concat_len, concat_type, decode_chain, decode_elems, dump_chains_msg, get_table_msg, BaseChain,
-    Chain, ChainType, Elem, Family, Hook, Msg, Rule, Set, Table,
+    concat_len, concat_type, decode_chain, decode_elems, dump_chains_msg, dump_sets_msg,
+    get_table_msg, BaseChain, Chain, ChainType, Elem, Family, Hook, Msg, Rule, Set, Table,
 };
 pub use socket::{Reply, Socket};
 
-use consts::{NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSETELEM};
+use consts::{
+    NFTA_SET_NAME, NFTA_SET_TABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET,
+    NFT_MSG_NEWSETELEM,
+};
 
 impl Socket {
     /// Every rule of `table` (optionally of one chain), in chain order.
@@ -55,6 +60,23 @@ impl Socket {
             .iter()
             .filter(|r| r.kind == NFT_MSG_NEWCHAIN)
             .filter_map(|r| decode_chain(r.attrs(), table))
+            .collect())
+    }
+
+    /// Names of the sets and maps of `table` (anonymous ones included).
+    pub fn list_sets(&mut self, family: Family, table: &str) -> Result<Vec<String>, Error> {
+        let replies = self.request(&dump_sets_msg(family, table))?;
+        Ok(replies
+            .iter()
+            .filter(|r| r.kind == NFT_MSG_NEWSET)
+            .filter(|r| {
+                r.attrs()
+                    .find(NFTA_SET_TABLE)
+                    .map(|a| a.string())
+                    .as_deref()
+                    == Some(table)
+            })
+            .filter_map(|r| r.attrs().find(NFTA_SET_NAME).map(|a| a.string()))
             .collect())
     }
 

@@ -501,6 +501,19 @@ pub fn decode_chain(attrs: Attrs<'_>, table: &str) -> Option<(String, bool)> {
     Some((name, attrs.find(NFTA_CHAIN_HOOK).is_some()))
 }
 
+/// Dump request for the sets and maps of `table`.
+pub fn dump_sets_msg(family: Family, table: &str) -> Msg {
+    let mut w = AttrWriter::new();
+    w.str(NFTA_SET_TABLE, table);
+    Msg::new(
+        NFT_MSG_GETSET,
+        NLM_F_DUMP,
+        family,
+        w,
+        format!("list sets of table {table}"),
+    )
+}
+
 /// Request for the ruleset generation id (`nft_base_seq`), to guard a batch with.
 pub fn getgen_msg() -> Msg {
     Msg::new(
