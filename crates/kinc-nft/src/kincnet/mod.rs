@@ -286,7 +286,7 @@ impl NetworkFirewall {
                 }
             }
         }
-        let same = |a: &&Rule, b: &&Rule| a.comment == b.comment && a.exprs == b.exprs;
+        let same = |a: &&Rule, b: &&Rule| a.comment == b.comment;
         let stale: Vec<_> = by_chain
             .values()
             .filter(|(have, want)| {
@@ -483,8 +483,8 @@ impl NetworkFirewall {
         Ok(v)
     }
 
-    /// Removes every mapping whose target address is not in `keep` (CNI GC), in one
-    /// transaction. Returns how many were removed.
+    /// Removes every mapping that targets an address of this network's subnet not in
+    /// `keep` (CNI GC), in one transaction. Returns how many were removed.
     pub fn retain_pods(&self, keep: &[Ipv4Addr]) -> Result<usize, FirewallError> {
         self.validate()?;
         nl::with_socket(|sock| self.retain_elems(sock, keep)).map_err(|e| self.named(e))
@@ -495,7 +495,8 @@ impl NetworkFirewall {
         for _ in 0..RETRIES {
             let mut per_map: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
             for (map, e, _, to) in self.all_mappings(sock)? {
-                if !keep.contains(to.ip()) {
+                // Other networks may share the table: their pods are not ours to collect.
+                if self.subnet.contains(*to.ip()) && !keep.contains(to.ip()) {
                     per_map.entry(map).or_default().push(Elem {
                         key: e.key,
                         data: None,

@@ -20,7 +20,10 @@ mod socket;
 pub use attr::{Attr, AttrWriter, Attrs};
 pub use cache::{close_cached_sockets, with_socket};
 pub use error::Error;
-pub use expr::{reg, CmpOp, CtDir, CtKey, Expr, MetaKey, NatType, PayloadBase, Verdict};
+pub use expr::{
+    decode_list, encode_list, reg, CmpOp, CtDir, CtKey, Expr, MetaKey, NatType, PayloadBase,
+    Verdict,
+};
 pub use msg::{
     concat_len, concat_type, decode_chain, decode_elems, dump_chains_msg, dump_sets_msg,
     get_table_msg, BaseChain, Chain, ChainType, Elem, Family, Hook, Msg, Rule, Set, Table,

@@ -130,9 +130,13 @@ pub fn concat_type(types: &[u32]) -> u32 {
     types.iter().fold(0, |acc, t| (acc << 6) | t)
 }
 
-/// Bytes a concatenation of fields of these lengths takes in registers.
+/// Key or data length of fields of these lengths: a single field keeps its own length
+/// (`type inet_service` is 2 bytes), a concatenation takes whole 4-byte registers.
 pub fn concat_len(fields: &[u32]) -> u32 {
-    fields.iter().map(|l| (l + 3) & !3).sum()
+    match fields {
+        [one] => *one,
+        many => many.iter().map(|l| (l + 3) & !3).sum(),
+    }
 }
 
 /// A set element (key, and for a map its data).
