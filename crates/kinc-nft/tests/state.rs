@@ -336,5 +336,27 @@ fn networks_share_the_table_and_nothing_else_is_touched() {
         })
         .unwrap();
     assert_eq!(kept, vec![pm(9090, 90, Proto::Tcp)]);
+
+    // Removing br1's network leaves br0's rules, the shared ones and the foreign one.
+    let b = f1.clone();
+    node.run(move || b.remove()).unwrap();
+    let left = rules(&node);
+    assert!(
+        left.iter()
+            .all(|(c, n)| c != "nat-br1" && !n.starts_with("kinc:net:br1:")),
+        "{left:?}"
+    );
+    assert!(left.contains(&("postrouting".into(), "kinc:net:br0:jump".into())));
+    assert!(left.contains(&("postrouting".into(), "policy".into())));
+    assert_eq!(
+        left.iter()
+            .filter(|(_, n)| n.starts_with("kinc:shared:"))
+            .count(),
+        5
+    );
+    let chains = node.exec("nft", &["list", "chains", "ip"]);
+    assert!(!chains.contains("nat-br1"), "{chains}");
+    let b = f1.clone();
+    node.run(move || b.remove()).unwrap(); // again: nothing to do
     assert_eq!(node.exec("nft", &["list", "table", "ip", "other"]), before);
 }

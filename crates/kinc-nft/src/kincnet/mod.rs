@@ -327,6 +327,46 @@ impl NetworkFirewall {
         sock.commit(&msgs, Some(genid))
     }
 
+    /// Removes this network's rules and chain (not the shared ones, not the maps, not
+    /// other networks'), in one transaction. Missing ones are fine.
+    pub fn remove(&self) -> Result<(), FirewallError> {
+        self.validate()?;
+        nl::with_socket(|sock| {
+            let mut last = None;
+            for _ in 0..RETRIES {
+                let genid = sock.genid()?;
+                let existing = match sock.list_rules(Family::Ip, &self.table, None) {
+                    Ok(r) => r,
+                    Err(e) if e.is_not_found() => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                let prefix = rules::net_prefix(&self.bridge);
+                let nchain = rules::net_chain(&self.bridge);
+                let mut msgs: Vec<Msg> = existing
+                    .iter()
+                    .filter(|r| r.chain != nchain)
+                    .filter(|r| r.comment.as_deref().is_some_and(|c| c.starts_with(&prefix)))
+                    .map(|r| r.del_msg())
+                    .collect();
+                let chains = sock.list_chains(Family::Ip, &self.table)?;
+                if chains.iter().any(|(c, _)| *c == nchain) {
+                    let chain = rules::chains(&self.table, &self.bridge)
+                        .into_iter()
+                        .find(|c| c.name == nchain)
+                        .expect("ensure's chains include the network chain");
+                    msgs.push(chain.flush_msg());
+                    msgs.push(chain.del_msg());
+                }
+                match sock.commit(&msgs, Some(genid)) {
+                    Err(e) if e.errno() == Some(libc::ERESTART) => last = Some(e),
+                    r => return r,
+                }
+            }
+            Err(last.expect("loop ran"))
+        })
+        .map_err(|e| self.err(e))
+    }
+
     fn check_mapping(m: &PortMapping) -> Result<(), FirewallError> {
         let why = if m.host_port == 0 {
             "hostPort must not be 0"
