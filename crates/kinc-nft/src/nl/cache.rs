@@ -34,7 +34,11 @@ fn netns_id() -> Result<(u64, u64), Error> {
 /// if needed. A socket whose conversation failed below the kernel's answer (I/O error,
 /// malformed reply) is not kept.
 pub fn with_socket<T, E: From<Error>>(f: impl FnOnce(&mut Socket) -> Result<T, E>) -> Result<T, E> {
-    let id = netns_id()?;
+    let Ok(id) = netns_id() else {
+        // No /proc: still work, just without reuse.
+        let mut sock = Socket::open()?;
+        return f(&mut sock);
+    };
     let cached = SOCKETS.with(|c| {
         let mut c = c.borrow_mut();
         c.iter()
