@@ -239,6 +239,24 @@ fn run(n: usize) -> Vec<(&'static str, Stats, Stats)> {
         },
     );
     rows.push(("add_pod, no hostPort (exec true)", ours, peer));
+
+    // Cost per pod must not grow with the pods already mapped: 2000 other mappings.
+    for i in 0..2000u32 {
+        let other = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 98, 0, 0)) + i);
+        let m = [PortMapping {
+            host_ip: None,
+            host_port: 20000 + i as u16,
+            container_port: 80,
+            proto: Proto::Tcp,
+        }];
+        fw.add_pod(other, &m).unwrap();
+    }
+    let ours = time(n, || fw.remove_pod(ip, &one).unwrap(), || fw.add_pod(ip, &one).unwrap());
+    let peer_add = time(n, || nft(&del, None), || nft(&add, None));
+    rows.push(("add_pod with 2000 mapped pods", ours, peer_add));
+    let ours = time(n, || fw.add_pod(ip, &one).unwrap(), || fw.remove_pod(ip, &one).unwrap());
+    let peer_rm = time(n, || nft(&add, None), || nft(&del, None));
+    rows.push(("remove_pod with 2000 mapped pods", ours, peer_rm));
     drop_table();
     rows
 }
