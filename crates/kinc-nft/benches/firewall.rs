@@ -251,10 +251,18 @@ fn run(n: usize) -> Vec<(&'static str, Stats, Stats)> {
         }];
         fw.add_pod(other, &m).unwrap();
     }
-    let ours = time(n, || fw.remove_pod(ip, &one).unwrap(), || fw.add_pod(ip, &one).unwrap());
+    let ours = time(
+        n,
+        || fw.remove_pod(ip, &one).unwrap(),
+        || fw.add_pod(ip, &one).unwrap(),
+    );
     let peer_add = time(n, || nft(&del, None), || nft(&add, None));
     rows.push(("add_pod with 2000 mapped pods", ours, peer_add));
-    let ours = time(n, || fw.add_pod(ip, &one).unwrap(), || fw.remove_pod(ip, &one).unwrap());
+    let ours = time(
+        n,
+        || fw.add_pod(ip, &one).unwrap(),
+        || fw.remove_pod(ip, &one).unwrap(),
+    );
     let peer_rm = time(n, || nft(&add, None), || nft(&del, None));
     rows.push(("remove_pod with 2000 mapped pods", ours, peer_rm));
     drop_table();

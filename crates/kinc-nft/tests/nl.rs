@@ -184,10 +184,7 @@ fn every_expression_round_trips_through_the_kernel() {
             set.add_msg(1),
             chain("c2", None).add_msg(),
             chain("in", Some(filter_input())).add_msg(),
-            set.add_elems_msg(&[Elem {
-                key: vec![0, 22],
-                data: None,
-            }]),
+            set.add_elems_msg(&[Elem::key(vec![0, 22])]),
         ];
         msgs.extend(rules.iter().map(|e| rule("in", e.clone()).add_msg()));
         s.commit(&msgs, None).unwrap();
@@ -198,13 +195,7 @@ fn every_expression_round_trips_through_the_kernel() {
             .map(|r| r.exprs)
             .collect();
         assert_eq!(got, rules);
-        assert_eq!(
-            s.list_elems(&set).unwrap(),
-            vec![Elem {
-                key: vec![0, 22],
-                data: None
-            }]
-        );
+        assert_eq!(s.list_elems(&set).unwrap(), vec![Elem::key(vec![0, 22])]);
         let mut chains = s.list_chains(Family::Inet, T).unwrap();
         chains.sort();
         assert_eq!(
@@ -218,5 +209,127 @@ fn every_expression_round_trips_through_the_kernel() {
         // Whole-table delete in one message.
         s.commit(&[table().del_msg()], None).unwrap();
         assert!(!s.table_exists(Family::Inet, T).unwrap());
+    });
+}
+
+#[test]
+fn verdict_maps_and_interval_sets_work_in_the_kernel() {
+    kinc_testutil::require_root_and!("ip");
+    let ns = Netns::new("nl");
+    ns.run(|| {
+        let mut s = Socket::open().unwrap();
+        // map vm { type ipv4_addr : verdict }
+        let vm = Set {
+            family: Family::Inet,
+            table: T.into(),
+            name: "vm".into(),
+            key_type: consts::TYPE_IPADDR,
+            key_fields: vec![4],
+            data: Some((consts::NFT_DATA_VERDICT, vec![])),
+            flags: 0,
+        };
+        // set cidrs { type ipv4_addr; flags interval } (rbtree: start + end elements)
+        let cidrs = Set {
+            family: Family::Inet,
+            table: T.into(),
+            name: "cidrs".into(),
+            key_type: consts::TYPE_IPADDR,
+            key_fields: vec![4],
+            data: None,
+            flags: consts::NFT_SET_INTERVAL,
+        };
+        // set pairs { type ipv4_addr . ipv4_addr; flags interval } (pipapo: key + key_end)
+        let pairs = Set {
+            family: Family::Inet,
+            table: T.into(),
+            name: "pairs".into(),
+            key_type: concat_type(&[consts::TYPE_IPADDR, consts::TYPE_IPADDR]),
+            key_fields: vec![4, 4],
+            data: None,
+            flags: consts::NFT_SET_INTERVAL,
+        };
+        let vm_elems = vec![
+            Elem::vmap(vec![10, 0, 0, 1], Verdict::Jump("c2".into())),
+            Elem::vmap(vec![10, 0, 0, 2], Verdict::Drop),
+        ];
+        let cidr_elems = vec![
+            Elem::key(vec![10, 1, 0, 0]),
+            Elem::interval_end(vec![10, 1, 1, 0]),
+        ];
+        let pair_elems = vec![Elem::range(
+            vec![10, 0, 0, 0, 10, 2, 0, 0],
+            vec![10, 0, 0, 255, 10, 2, 255, 255],
+        )];
+        let r0 = reg(0);
+        let msgs = vec![
+            table().add_msg(),
+            vm.add_msg(1),
+            cidrs.add_msg(2),
+            pairs.add_msg(3),
+            chain("c2", None).add_msg(),
+            chain("in", Some(filter_input())).add_msg(),
+            vm.add_elems_msg(&vm_elems),
+            cidrs.add_elems_msg(&cidr_elems),
+            pairs.add_elems_msg(&pair_elems),
+            // ip saddr vmap @vm
+            rule(
+                "in",
+                vec![
+                    Expr::Payload {
+                        base: PayloadBase::Network,
+                        offset: 12,
+                        len: 4,
+                        dreg: r0,
+                    },
+                    Expr::Lookup {
+                        set: "vm".into(),
+                        sreg: r0,
+                        dreg: Some(0),
+                        invert: false,
+                    },
+                ],
+            )
+            .add_msg(),
+            // ip saddr . ip daddr @pairs accept
+            rule(
+                "in",
+                vec![
+                    Expr::Payload {
+                        base: PayloadBase::Network,
+                        offset: 12,
+                        len: 4,
+                        dreg: r0,
+                    },
+                    Expr::Payload {
+                        base: PayloadBase::Network,
+                        offset: 16,
+                        len: 4,
+                        dreg: reg(1),
+                    },
+                    Expr::Lookup {
+                        set: "pairs".into(),
+                        sreg: r0,
+                        dreg: None,
+                        invert: false,
+                    },
+                    Expr::Verdict(Verdict::Accept),
+                ],
+            )
+            .add_msg(),
+        ];
+        s.commit(&msgs, None).unwrap();
+        let mut got = s.list_elems(&vm).unwrap();
+        got.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(got, vm_elems);
+        let mut got = s.list_elems(&cidrs).unwrap();
+        got.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(got, cidr_elems);
+        assert_eq!(s.list_elems(&pairs).unwrap(), pair_elems);
+        // A chain that a vmap element jumps to cannot go: EBUSY, nothing applied.
+        let e = s.commit(&[chain("c2", None).del_msg()], None).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EBUSY), "{e}");
+        s.commit(&[vm.del_elems_msg(&[Elem::key(vec![10, 0, 0, 2])])], None)
+            .unwrap();
+        assert_eq!(s.list_elems(&vm).unwrap(), vm_elems[..1].to_vec());
     });
 }

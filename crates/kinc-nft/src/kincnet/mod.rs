@@ -395,10 +395,10 @@ impl NetworkFirewall {
         let mut per_map: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
         for m in mappings {
             let (map, key) = key_and_map(m);
-            per_map.entry(map).or_default().push(Elem {
-                key,
-                data: Some(target(ip, m.container_port)),
-            });
+            per_map
+                .entry(map)
+                .or_default()
+                .push(Elem::map(key, target(ip, m.container_port)));
         }
         let msgs: Vec<Msg> = per_map
             .iter()
@@ -471,10 +471,7 @@ impl NetworkFirewall {
                     .and_then(parse_target)
                     == Some(SocketAddrV4::new(ip, m.container_port));
                 if ours {
-                    per_map
-                        .entry(map)
-                        .or_default()
-                        .push(Elem { key, data: None });
+                    per_map.entry(map).or_default().push(Elem::key(key));
                 }
             }
             let msgs: Vec<Msg> = per_map
@@ -537,10 +534,7 @@ impl NetworkFirewall {
             for (map, e, _, to) in self.all_mappings(sock)? {
                 // Other networks may share the table: their pods are not ours to collect.
                 if self.subnet.contains(*to.ip()) && !keep.contains(to.ip()) {
-                    per_map.entry(map).or_default().push(Elem {
-                        key: e.key,
-                        data: None,
-                    });
+                    per_map.entry(map).or_default().push(Elem::key(e.key));
                 }
             }
             let n = per_map.values().map(Vec::len).sum();

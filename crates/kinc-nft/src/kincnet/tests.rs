@@ -40,10 +40,7 @@ fn elements_parse_back_to_mappings() {
     ] {
         let (map, key) = key_and_map(&m);
         let to = Ipv4Addr::new(10, 88, 0, 9);
-        let e = Elem {
-            key,
-            data: Some(target(to, m.container_port)),
-        };
+        let e = Elem::map(key, target(to, m.container_port));
         let (back, dst) = parse_elem(map, &e).unwrap();
         assert_eq!(back, m);
         assert_eq!(dst, SocketAddrV4::new(to, m.container_port));

@@ -95,10 +95,7 @@ impl Socket {
 
     /// The element stored under `key` (with its data), or `None` if absent.
     pub fn get_elem(&mut self, set: &Set, key: &[u8]) -> Result<Option<Elem>, Error> {
-        let probe = Elem {
-            key: key.to_vec(),
-            data: None,
-        };
+        let probe = Elem::key(key);
         match self.request(&set.get_elems_msg(&[probe])) {
             Ok(replies) => Ok(replies
                 .iter()
