@@ -206,6 +206,37 @@ fn every_expression_round_trips_through_the_kernel() {
             s.list_sets(Family::Inet, T).unwrap(),
             vec!["ports".to_string()]
         );
+        // Insert at the head and before a handle; flush the set; delete it once unused.
+        let handles: Vec<u64> = s
+            .list_rules(Family::Inet, T, Some("in"))
+            .unwrap()
+            .iter()
+            .map(|r| r.handle.unwrap())
+            .collect();
+        let count = |s: &mut Socket| -> Vec<Vec<Expr>> {
+            s.list_rules(Family::Inet, T, Some("in"))
+                .unwrap()
+                .into_iter()
+                .map(|r| r.exprs)
+                .collect()
+        };
+        s.commit(
+            &[
+                rule("in", vec![Expr::Counter]).insert_msg(None),
+                rule("in", vec![Expr::Counter, Expr::Counter]).insert_msg(Some(handles[2])),
+            ],
+            None,
+        )
+        .unwrap();
+        let after = count(&mut s);
+        assert_eq!(after.len(), 5);
+        assert_eq!(after[0], vec![Expr::Counter]);
+        assert_eq!(after[3], vec![Expr::Counter, Expr::Counter]);
+        assert_eq!(after[4], rules[2]);
+        s.commit(&[set.flush_msg()], None).unwrap();
+        assert_eq!(s.list_elems(&set).unwrap(), vec![]);
+        let e = s.commit(&[set.del_msg()], None).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EBUSY), "{e}");
         // Whole-table delete in one message.
         s.commit(&[table().del_msg()], None).unwrap();
         assert!(!s.table_exists(Family::Inet, T).unwrap());

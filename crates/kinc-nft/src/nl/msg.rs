@@ -398,6 +398,34 @@ impl Set {
         self.elems_msg(NFT_MSG_DELSETELEM, NLM_F_ACK, elems, "delete")
     }
 
+    /// Deletes every element (`nft flush set`).
+    pub fn flush_msg(&self) -> Msg {
+        let mut w = AttrWriter::new();
+        w.str(NFTA_SET_ELEM_LIST_TABLE, &self.table)
+            .str(NFTA_SET_ELEM_LIST_SET, &self.name);
+        Msg::new(
+            NFT_MSG_DELSETELEM,
+            NLM_F_ACK,
+            self.family,
+            w,
+            format!("flush set {} {}", self.table, self.name),
+        )
+    }
+
+    /// Deletes the set itself (it must not be referenced by a rule).
+    pub fn del_msg(&self) -> Msg {
+        let mut w = AttrWriter::new();
+        w.str(NFTA_SET_TABLE, &self.table)
+            .str(NFTA_SET_NAME, &self.name);
+        Msg::new(
+            NFT_MSG_DELSET,
+            NLM_F_ACK,
+            self.family,
+            w,
+            format!("delete set {} {}", self.table, self.name),
+        )
+    }
+
     /// Non-dump GET of the elements with these keys (one reply each).
     pub fn get_elems_msg(&self, elems: &[Elem]) -> Msg {
         self.elems_msg(NFT_MSG_GETSETELEM, 0, elems, "get")
@@ -489,6 +517,20 @@ impl Rule {
                 self.comment.as_deref().unwrap_or("no comment")
             ),
         )
+    }
+
+    /// Inserts the rule before the rule with handle `before`, or at the head of its
+    /// chain when `None`.
+    pub fn insert_msg(&self, before: Option<u64>) -> Msg {
+        let mut m = self.add_msg();
+        m.flags &= !NLM_F_APPEND;
+        if let Some(h) = before {
+            let mut w = AttrWriter { buf: m.attrs };
+            w.be64(NFTA_RULE_POSITION, h);
+            m.attrs = w.into_bytes();
+        }
+        m.what = m.what.replacen("add rule", "insert rule", 1);
+        m
     }
 
     /// Deletes this rule by handle (which must be set).
