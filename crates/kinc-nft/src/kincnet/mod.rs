@@ -182,7 +182,8 @@ fn parse_target(d: &[u8]) -> Option<SocketAddrV4> {
 fn parse_elem(map: &str, e: &Elem) -> Option<(PortMapping, SocketAddrV4)> {
     let k = &e.key;
     let (host_ip, rest) = if map == MAP_HOSTPORTS_IP {
-        (Some(Ipv4Addr::new(k[0], k[1], k[2], k[3])), k.get(4..)?)
+        let ip: [u8; 4] = k.get(..4)?.try_into().ok()?;
+        (Some(Ipv4Addr::from(ip)), k.get(4..)?)
     } else {
         (None, &k[..])
     };
