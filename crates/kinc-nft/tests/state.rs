@@ -360,3 +360,33 @@ fn networks_share_the_table_and_nothing_else_is_touched() {
     node.run(move || b.remove()).unwrap(); // again: nothing to do
     assert_eq!(node.exec("nft", &["list", "table", "ip", "other"]), before);
 }
+
+#[test]
+fn one_thread_switching_namespaces_acts_in_each() {
+    kinc_testutil::require_root_and!("ip", "nft");
+    let (n1, n2) = (Netns::new("node"), Netns::new("node"));
+    let paths = [
+        format!("/run/netns/{}", n1.name),
+        format!("/run/netns/{}", n2.name),
+    ];
+    std::thread::spawn(move || {
+        for (i, p) in paths.iter().enumerate() {
+            let f = std::fs::File::open(p).unwrap();
+            // SAFETY: this thread only; valid netns fd.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
+            let fw = fw("br0");
+            fw.ensure().unwrap();
+            fw.add_pod(A, &[pm(8000 + i as u16, 80, Proto::Tcp)])
+                .unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    for (ns, port) in [(&n1, 8000), (&n2, 8001)] {
+        let f = fw("br0");
+        let got = ns.run(move || f.pod_mappings(A)).unwrap();
+        assert_eq!(got, vec![pm(port, 80, Proto::Tcp)], "in {}", ns.name);
+    }
+}
