@@ -447,4 +447,4 @@ pub fn reached_default_target(console: &str) -> bool {
 
 #[cfg(test)]
 #[path = "cluster_tests.rs"]
-mod tests;
+pub(crate) mod tests;
