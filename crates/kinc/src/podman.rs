@@ -201,14 +201,18 @@ impl<R: Runner> Podman<R> {
     ) -> Result<Vec<ContainerSummary>, PodmanError> {
         let mut args = vec![s("ps"), s("-a"), s("--format"), s("json")];
         args.extend(label_filters(labels));
-        self.json_list(args)
+        let mut v: Vec<ContainerSummary> = self.json_list(args)?;
+        v.retain(|c| has_labels(&c.labels, labels));
+        Ok(v)
     }
 
     /// Volumes carrying every `key=value` label given.
     pub fn volumes(&self, labels: &[(&str, &str)]) -> Result<Vec<VolumeSummary>, PodmanError> {
         let mut args = vec![s("volume"), s("ls"), s("--format"), s("json")];
         args.extend(label_filters(labels));
-        self.json_list(args)
+        let mut v: Vec<VolumeSummary> = self.json_list(args)?;
+        v.retain(|c| has_labels(&c.labels, labels));
+        Ok(v)
     }
 
     pub fn volume_inspect(&self, name: &str) -> Result<Option<VolumeSummary>, PodmanError> {
@@ -348,6 +352,13 @@ impl<R: Runner> Podman<R> {
     }
 }
 
+/// Podman 4.3 ORs repeated `label=` filters for volumes, so every listing is
+/// checked again here: an item must carry every pair.
+fn has_labels(have: &BTreeMap<String, String>, want: &[(&str, &str)]) -> bool {
+    want.iter()
+        .all(|(k, v)| have.get(*k).map(String::as_str) == Some(*v))
+}
+
 fn label_filters(labels: &[(&str, &str)]) -> Vec<String> {
     labels
         .iter()
@@ -368,15 +379,37 @@ mod tests {
     #[test]
     fn reads_ps_json_tolerantly() {
         let p = Podman::new(FakeRunner::with(|_| CmdOutput::ok(PS)));
-        let cs = p.containers(&[("io.kinc.owner", "kinc")]).unwrap();
+        let cs = p.containers(&[]).unwrap();
         assert_eq!(cs.len(), 2);
         assert_eq!(cs[0].name(), "kinc-a-control-plane");
         assert_eq!(cs[0].ports[0].host_port, 6444);
         assert!(cs[1].labels.is_empty() && cs[1].ports.is_empty());
+        let only_a = p.containers(&[("io.kinc.cluster", "a")]).unwrap();
+        assert_eq!(only_a.len(), 1);
         assert_eq!(
             p.runner().lines(),
-            vec!["podman ps -a --format json --filter label=io.kinc.owner=kinc"]
+            vec![
+                "podman ps -a --format json",
+                "podman ps -a --format json --filter label=io.kinc.cluster=a"
+            ]
         );
+    }
+
+    #[test]
+    fn listings_keep_only_items_with_every_label() {
+        // What podman 4.3 answers to two label filters on `volume ls`: either match.
+        let p = Podman::new(FakeRunner::with(|_| {
+            CmdOutput::ok(
+                r#"[{"Name":"mine","Labels":{"io.kinc.owner":"kinc","io.kinc.cluster":"a"}},
+                    {"Name":"foreign","Labels":{"io.kinc.cluster":"a"}},
+                    {"Name":"nolabels","Labels":null}]"#,
+            )
+        }));
+        let v = p
+            .volumes(&[("io.kinc.owner", "kinc"), ("io.kinc.cluster", "a")])
+            .unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].name, "mine");
     }
 
     #[test]
