@@ -379,7 +379,7 @@ impl<R: Runner> Kinc<R> {
             }
             if std::time::Instant::now() >= deadline {
                 return Err(ClusterError::Other(format!(
-                    "the node's systemd of cluster {name:?} did not reach its default target within {}",
+                    "the node's systemd of cluster \"{name}\" did not reach its default target within {}",
                     humantime::format_duration(timeout)
                 )));
             }

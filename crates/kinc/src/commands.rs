@@ -136,7 +136,7 @@ fn create(a: CreateArgs, quiet: bool) -> Result<()> {
     let k = kinc()?;
     let created = k
         .create(&opts, &progress, &kinc::signal::interrupted)
-        .with_context(|| format!("failed to create cluster {name:?}"))?;
+        .with_context(|| format!("failed to create cluster \"{name}\""))?;
     if let RunMode::Quadlet(dir) = &created.mode {
         progress.note(&format!(
             "Quadlet units in {}; the cluster comes back after a reboot",
@@ -161,7 +161,7 @@ fn delete(names: &[ClusterName], quiet: bool) -> Result<()> {
     for n in names {
         let r = k
             .delete(n)
-            .with_context(|| format!("failed to delete cluster {n:?}"))?;
+            .with_context(|| format!("failed to delete cluster \"{n}\""))?;
         if quiet {
             continue;
         }

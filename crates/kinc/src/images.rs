@@ -49,7 +49,7 @@ impl<R: Runner> Kinc<R> {
         let info = self.info(name)?;
         if info.state != "running" {
             return Err(ClusterError::Other(format!(
-                "the node of cluster {name:?} is {}; start it before loading images",
+                "the node of cluster \"{name}\" is {}; start it before loading images",
                 info.state
             )));
         }

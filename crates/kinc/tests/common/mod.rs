@@ -22,6 +22,8 @@ echo ok > /www/index.html
 case "$(hostname)" in *slow*) ;; *)
   printf '{"cluster":"standin","phase":"ready","boot":1,"updatedAt":"2026-01-01T00:00:00Z","steps":[{"name":"standin","state":"done"}]}\n' > /var/lib/kinc/status.tmp
   mv /var/lib/kinc/status.tmp /var/lib/kinc/status.json
+  umask 077
+  printf 'apiVersion: v1\nkind: Config\nclusters:\n- name: kubernetes\n  cluster:\n    certificate-authority-data: Q0E=\n    server: https://standin:6443\nusers:\n- name: kubernetes-admin\n  user:\n    token: standin\ncontexts:\n- name: kubernetes-admin@kubernetes\n  context:\n    cluster: kubernetes\n    user: kubernetes-admin\ncurrent-context: kubernetes-admin@kubernetes\n' > /var/lib/kinc/admin.conf
   httpd -f -p 6443 -h /www & ;;
 esac
 while :; do sleep 1 & wait $!; done
@@ -226,6 +228,27 @@ impl Runner {
             container,
         ]);
         String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// The kubeconfig file kinc merges into for this runner.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        let get = |k: &str| self.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        match get("KUBECONFIG") {
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from(get("HOME").unwrap()).join(".kube/config"),
+        }
+    }
+
+    /// Writes a file as the runner's user (so kinc may replace it).
+    pub fn write_as_user(&self, p: &Path, text: &str, mode: u32) {
+        let dir = p.parent().unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(p, text).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        if let Some((uid, gid)) = self.user {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+        }
     }
 
     pub fn labels_of_volume(&self, vol: &str) -> Value {
