@@ -232,7 +232,12 @@ impl Runner {
 
     /// The kubeconfig file kinc merges into for this runner.
     pub fn kubeconfig_path(&self) -> PathBuf {
-        let get = |k: &str| self.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let get = |k: &str| {
+            self.env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
         match get("KUBECONFIG") {
             Some(p) => PathBuf::from(p),
             None => PathBuf::from(get("HOME").unwrap()).join(".kube/config"),

@@ -70,18 +70,26 @@ pub fn create_list_delete(r: &Runner, name: &str, image: &str) {
     // The admin kubeconfig, read from the var volume, as the host sees it.
     let ctx = format!("kinc-{name}");
     let kc = r.kinc_ok(&["get", "kubeconfig", "--name", name]);
-    assert!(kc.contains(&format!("server: https://127.0.0.1:{port}")), "{kc}");
+    assert!(
+        kc.contains(&format!("server: https://127.0.0.1:{port}")),
+        "{kc}"
+    );
     assert!(kc.contains(&format!("current-context: {ctx}")), "{kc}");
     let path = r.kubeconfig_path();
     let other = "apiVersion: v1\nkind: Config\nclusters:\n- name: other\n  cluster:\n    server: https://other:443\ncontexts:\n- name: other\n  context:\n    cluster: other\n    user: other\nusers:\n- name: other\n  user:\n    token: t\ncurrent-context: other\n";
     r.write_as_user(&path, other, 0o644);
     r.kinc_ok(&["export", "kubeconfig", "--name", name]);
-    let merged = kinc::kubeconfig::Kubeconfig::parse(&std::fs::read_to_string(&path).unwrap(), "merged").unwrap();
+    let merged =
+        kinc::kubeconfig::Kubeconfig::parse(&std::fs::read_to_string(&path).unwrap(), "merged")
+            .unwrap();
     assert_eq!(merged.current_context, ctx);
     let names: Vec<&str> = merged.contexts.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, vec!["other", ctx.as_str()]);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
     let out = r.kinc(&["delete", "cluster", "--name", name]);
     assert!(out.status.success());
@@ -194,9 +202,11 @@ pub fn foreign_untouched(r: &Runner, name: &str, image: &str) {
 fn start_slow(r: &Runner, name: &str, image: &str) -> std::process::Child {
     let ch = r.spawn_kinc(&create_args(name, image, "120s"));
     let node = format!("kinc-{name}-control-plane");
-    wait_until("the node container to run", Duration::from_secs(60), || {
-        r.state_of(&node) == "running"
-    });
+    wait_until(
+        "the node container to run",
+        Duration::from_secs(180),
+        || r.state_of(&node) == "running",
+    );
     ch
 }
 
