@@ -90,43 +90,56 @@ fn requirements() -> bool {
     )
 }
 
-/// Boots once for all tests in this file; the first caller boots, the others wait.
+/// Boots once for all tests in this file; the first caller boots, the others wait. A
+/// failed boot is remembered too, so it is not retried by every test.
 fn guest() -> &'static Guest {
-    static GUEST: OnceLock<Guest> = OnceLock::new();
-    GUEST.get_or_init(|| {
-        let mut rd = vm::Initramfs::new();
-        let busybox = kinc_testutil::which("busybox").unwrap();
-        rd.add_host_file(&busybox, "/bin/busybox", 0o755);
-        rd.add_binary_with_libs(Path::new(BIN), "/usr/local/bin/cgroup-setup");
-        rd.add_binary_with_libs(
-            &kinc_testutil::which("unshare").unwrap(),
-            "/usr/bin/unshare",
-        );
-        rd.add_bytes("/vm/lib", include_str!("vm/guest-lib.sh"), 0o644);
-        rd.add_bytes("/vm/inner", include_str!("vm/guest-ns.sh"), 0o755);
-        let run = vm::boot(
-            &vm::find_kernel().unwrap(),
-            rd,
-            include_str!("vm/guest-cases.sh"),
-        );
-        eprintln!("guest ran in {:?}", run.elapsed);
-        for l in run.output().iter().filter(|l| l.starts_with("TIME ")) {
-            eprintln!("{l}");
-        }
-        let lines = run.output().into_iter().map(str::to_string).collect();
-        let g = Guest {
-            lines,
-            console: run.console.clone(),
-        };
-        assert_eq!(
-            run.status,
-            Some(0),
-            "guest script status; console:\n{}",
-            run.console
-        );
-        assert!(g.lines.iter().any(|l| l == "DONE"), "{}", run.console);
-        g
-    })
+    static GUEST: OnceLock<Result<Guest, String>> = OnceLock::new();
+    let g = GUEST.get_or_init(|| {
+        std::panic::catch_unwind(boot_guest).map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    });
+    match g {
+        Ok(g) => g,
+        Err(e) => panic!("the guest run failed: {e}"),
+    }
+}
+
+fn boot_guest() -> Guest {
+    let mut rd = vm::Initramfs::new();
+    let busybox = kinc_testutil::which("busybox").unwrap();
+    rd.add_host_file(&busybox, "/bin/busybox", 0o755);
+    rd.add_binary_with_libs(Path::new(BIN), "/usr/local/bin/cgroup-setup");
+    rd.add_binary_with_libs(
+        &kinc_testutil::which("unshare").unwrap(),
+        "/usr/bin/unshare",
+    );
+    rd.add_bytes("/vm/lib", include_str!("vm/guest-lib.sh"), 0o644);
+    rd.add_bytes("/vm/inner", include_str!("vm/guest-ns.sh"), 0o755);
+    let run = vm::boot(
+        &vm::find_kernel().unwrap(),
+        rd,
+        include_str!("vm/guest-cases.sh"),
+    );
+    eprintln!("guest ran in {:?}", run.elapsed);
+    for l in run.output().iter().filter(|l| l.starts_with("TIME ")) {
+        eprintln!("{l}");
+    }
+    assert_eq!(
+        run.status,
+        Some(0),
+        "guest script status; console:\n{}",
+        run.console
+    );
+    let lines: Vec<String> = run.output().into_iter().map(str::to_string).collect();
+    assert!(lines.iter().any(|l| l == "DONE"), "{}", run.console);
+    Guest {
+        lines,
+        console: run.console,
+    }
 }
 
 fn set(words: &str) -> ControllerSet {

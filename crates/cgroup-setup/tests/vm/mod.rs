@@ -178,7 +178,12 @@ fn accel_args() -> [&'static str; 4] {
 
 /// Boots the kernel with `rd` (plus `/init`) and `cmd` as `/vm/cmd`; returns when the
 /// guest powers off. Retries a boot that never reaches `/init`.
-pub fn boot(kernel: &Path, mut rd: Initramfs, cmd: &str) -> GuestRun {
+pub fn boot(kernel: &Path, rd: Initramfs, cmd: &str) -> GuestRun {
+    boot_with_timeout(kernel, rd, cmd, RUN_TIMEOUT)
+}
+
+/// `boot` with another whole-run limit (benchmarks run longer than tests).
+pub fn boot_with_timeout(kernel: &Path, mut rd: Initramfs, cmd: &str, limit: Duration) -> GuestRun {
     rd.add_bytes("/init", INIT, 0o755);
     rd.add_bytes("/vm/cmd", cmd, 0o755);
     let dir = tempfile::Builder::new()
@@ -190,7 +195,7 @@ pub fn boot(kernel: &Path, mut rd: Initramfs, cmd: &str) -> GuestRun {
     let vmlinux = vmlinux(kernel);
     let mut last = String::new();
     for attempt in 1..=BOOT_TRIES {
-        match boot_once(&vmlinux, &initrd, dir.path()) {
+        match boot_once(&vmlinux, &initrd, dir.path(), limit) {
             Ok(run) => return run,
             Err(why) => {
                 eprintln!("boot attempt {attempt}: {why}");
@@ -201,7 +206,12 @@ pub fn boot(kernel: &Path, mut rd: Initramfs, cmd: &str) -> GuestRun {
     panic!("the guest never reached /init in {BOOT_TRIES} boots: {last}");
 }
 
-fn boot_once(vmlinux: &Path, initrd: &Path, dir: &Path) -> Result<GuestRun, String> {
+fn boot_once(
+    vmlinux: &Path,
+    initrd: &Path,
+    dir: &Path,
+    limit: Duration,
+) -> Result<GuestRun, String> {
     let console = dir.join("console.log");
     let status = dir.join("status");
     let qemu_log = dir.join("qemu.log");
@@ -268,9 +278,9 @@ fn boot_once(vmlinux: &Path, initrd: &Path, dir: &Path) -> Result<GuestRun, Stri
                 return Err(format!("no {BEGIN} after {elapsed:?}"));
             }
         }
-        if elapsed > RUN_TIMEOUT {
+        if elapsed > limit {
             let console = fs::read_to_string(&console).unwrap_or_default();
-            panic!("guest still running after {RUN_TIMEOUT:?}; console:\n{console}");
+            panic!("guest still running after {limit:?}; console:\n{console}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -1,0 +1,251 @@
+use std::net::TcpListener;
+
+use kinc_types::status::BootstrapStatus;
+
+use super::*;
+use crate::cluster::tests::{harness, Harness};
+use crate::cluster::var_path;
+
+const SKIP: &[&str] = &["podman", "cgroup-v2", "subuid", "subgid"];
+
+fn opts(name: &str) -> CreateOptions {
+    CreateOptions {
+        name: ClusterName::new(name).unwrap(),
+        image: "localhost/kinc/node:test".into(),
+        api_port: None,
+        file: ClusterOptionsFile::default(),
+        wait: Duration::ZERO,
+        retain: false,
+        skip_checks: SKIP.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn never() -> bool {
+    false
+}
+
+fn create(h: &Harness, o: &CreateOptions) -> Result<Created, CreateError> {
+    h.kinc.create(o, &Progress::quiet(), &never)
+}
+
+#[test]
+fn create_makes_labelled_volumes_config_and_node() {
+    let h = harness();
+    let c = create(&h, &opts("dev")).unwrap();
+    assert_eq!(
+        c.mode,
+        RunMode::Podman,
+        "no systemd user manager in the fake"
+    );
+    assert!(!c.ready);
+    let m = h.model.borrow();
+    let (vl, _) = &m.volumes["kinc-dev-var-data"];
+    assert_eq!(vl[labels::OWNER], labels::OWNER_VALUE);
+    assert_eq!(vl[labels::ROLE], labels::ROLE_VAR);
+    let (_, cfg_mp) = &m.volumes["kinc-dev-config"];
+    let cfg = ClusterConfig::load(&cfg_mp.join(CONFIG_FILE)).unwrap();
+    assert_eq!(cfg, c.config);
+    let (nl, state) = &m.containers["kinc-dev-control-plane"];
+    assert_eq!(state, "running");
+    assert_eq!(nl[labels::API_PORT], cfg.api_port.to_string());
+    assert_eq!(nl[labels::POD_SUBNET], cfg.pod_subnet.to_string());
+    drop(m);
+    let run = h
+        .kinc
+        .podman
+        .runner()
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("podman run"))
+        .unwrap();
+    assert!(
+        run.contains(&format!("--publish 127.0.0.1:{}:6443/tcp", cfg.api_port)),
+        "{run}"
+    );
+    assert!(run.ends_with(" localhost/kinc/node:test"), "{run}");
+    assert!(!h
+        .kinc
+        .podman
+        .runner()
+        .lines()
+        .iter()
+        .any(|l| l.contains(" exec ")));
+    let s = crate::state::LockedState::open(&h.kinc.data_dir).unwrap();
+    assert_eq!(s.state.clusters["dev"].api_port, cfg.api_port);
+}
+
+#[test]
+fn two_clusters_get_distinct_ports_and_disjoint_cidrs() {
+    let h = harness();
+    let a = create(&h, &opts("a")).unwrap().config;
+    let b = create(&h, &opts("b")).unwrap().config;
+    assert_ne!(a.api_port, b.api_port);
+    for x in [a.pod_subnet, a.service_subnet] {
+        for y in [b.pod_subnet, b.service_subnet] {
+            assert!(!x.overlaps(y), "{x} {y}");
+        }
+    }
+}
+
+#[test]
+fn existing_or_foreign_names_are_refused_untouched() {
+    let h = harness();
+    create(&h, &opts("dev")).unwrap();
+    assert!(matches!(
+        create(&h, &opts("dev")),
+        Err(CreateError::Exists(_))
+    ));
+    h.model.borrow_mut().containers.insert(
+        "kinc-own-control-plane".into(),
+        (Default::default(), "running".into()),
+    );
+    let e = create(&h, &opts("own")).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CreateError::Foreign {
+                kind: "container",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(h
+        .model
+        .borrow()
+        .containers
+        .contains_key("kinc-own-control-plane"));
+    assert!(!h.model.borrow().volumes.contains_key("kinc-own-var-data"));
+}
+
+#[test]
+fn missing_image_fails_before_anything_exists() {
+    let h = harness();
+    let mut o = opts("dev");
+    o.image = "quay.io/nope:1".into();
+    assert!(matches!(create(&h, &o), Err(CreateError::ImageMissing(_))));
+    assert!(h.model.borrow().volumes.is_empty());
+}
+
+#[test]
+fn failed_run_cleans_up_unless_retained() {
+    let h = harness();
+    h.model.borrow_mut().fail_run = true;
+    let e = create(&h, &opts("dev")).unwrap_err().to_string();
+    assert!(
+        e.contains("podman run") && e.contains("cannot listen"),
+        "{e}"
+    );
+    assert!(h.model.borrow().volumes.is_empty());
+    let s = crate::state::LockedState::open(&h.kinc.data_dir).unwrap();
+    assert!(s.state.clusters.is_empty(), "allocation released");
+    drop(s);
+    let mut o = opts("dev");
+    o.retain = true;
+    create(&h, &o).unwrap_err();
+    assert_eq!(h.model.borrow().volumes.len(), 2, "--retain keeps them");
+}
+
+#[test]
+fn config_file_subnets_are_checked_and_used() {
+    let h = harness();
+    let first = create(&h, &opts("a")).unwrap().config;
+    let mut o = opts("b");
+    o.file.pod_subnet = Some(first.pod_subnet);
+    let e = create(&h, &o).unwrap_err().to_string();
+    assert!(e.contains("overlaps cluster \"a\""), "{e}");
+    o.file.pod_subnet = Some("172.30.0.0/16".parse().unwrap());
+    o.file.kubernetes_version = Some("v1.33.9".into());
+    let c = create(&h, &o).unwrap().config;
+    assert_eq!(c.pod_subnet.to_string(), "172.30.0.0/16");
+    assert_eq!(c.kubernetes_version, "v1.33.9");
+}
+
+#[test]
+fn options_file_is_strict() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("c.yaml");
+    std::fs::write(&p, "kind: ClusterConfig\napiPort: 7443\nname: dev\n").unwrap();
+    let f = ClusterOptionsFile::load(&p).unwrap();
+    assert_eq!(f.api_port, Some(7443));
+    assert_eq!(f.name.unwrap().as_str(), "dev");
+    std::fs::write(&p, "apiPortt: 1\n").unwrap();
+    let e = ClusterOptionsFile::load(&p).unwrap_err().to_string();
+    assert!(e.contains("c.yaml") && e.contains("apiPortt"), "{e}");
+    std::fs::write(&p, "kind: Cluster\n").unwrap();
+    assert!(ClusterOptionsFile::load(&p).is_err());
+}
+
+/// A created cluster whose API "answers" (a listener on its port).
+fn running(h: &Harness) -> (ClusterConfig, TcpListener, PathBuf) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = create(h, &opts("w")).unwrap().config;
+    c.api_port = l.local_addr().unwrap().port();
+    let mp = h.model.borrow().volumes["kinc-w-var-data"].1.clone();
+    (c, l, var_path(&mp, kinc_types::status::STATUS_PATH))
+}
+
+fn wait(
+    h: &Harness,
+    c: &ClusterConfig,
+    d: Duration,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), CreateError> {
+    h.kinc.wait_ready(c, d, &Progress::quiet(), stop)
+}
+
+#[test]
+fn wait_ready_needs_ready_status_and_api() {
+    let h = harness();
+    let (c, _l, status) = running(&h);
+    let e = wait(&h, &c, Duration::from_millis(10), &never).unwrap_err();
+    assert!(
+        matches!(&e, CreateError::Timeout { step, .. } if step.contains("status file")),
+        "{e}"
+    );
+    let mut s = BootstrapStatus::new("w", &["crio", "kubeadm-init"]);
+    s.finish("crio").unwrap();
+    s.start("kubeadm-init").unwrap();
+    s.save(&status).unwrap();
+    let e = wait(&h, &c, Duration::from_millis(10), &never).unwrap_err();
+    assert!(
+        matches!(&e, CreateError::Timeout { step, .. } if step.contains("kubeadm-init")),
+        "{e}"
+    );
+    s.finish("kubeadm-init").unwrap();
+    s.save(&status).unwrap();
+    wait(&h, &c, Duration::from_secs(5), &never).unwrap();
+}
+
+#[test]
+fn wait_ready_reports_failed_step_exit_and_interrupt() {
+    let h = harness();
+    let (c, _l, status) = running(&h);
+    h.model.borrow_mut().logs = "kubeadm: error execution phase\n".into();
+    let mut s = BootstrapStatus::new("w", &["kubeadm-init"]);
+    s.fail("kubeadm-init", "exit status 1").unwrap();
+    s.save(&status).unwrap();
+    let e = wait(&h, &c, Duration::from_secs(5), &never)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("kubeadm-init")
+            && e.contains("exit status 1")
+            && e.contains("error execution phase"),
+        "{e}"
+    );
+    assert!(matches!(
+        wait(&h, &c, Duration::from_secs(5), &|| true),
+        Err(CreateError::Interrupted)
+    ));
+    h.model
+        .borrow_mut()
+        .containers
+        .get_mut("kinc-w-control-plane")
+        .unwrap()
+        .1 = "exited".into();
+    assert!(matches!(
+        wait(&h, &c, Duration::from_secs(5), &never),
+        Err(CreateError::NodeExited { .. })
+    ));
+}
