@@ -1,0 +1,571 @@
+//! The bootstrap as named steps, each recorded in the status file the host reads.
+//!
+//! Two oneshot units run it: `kinc-init prepare` before CRI-O and kubelet start (config,
+//! node IP, kubeadm config, CNI conflist), and `kinc-init bootstrap` after CRI-O is up
+//! (kubeadm init or, on a `/var` that was initialised before, bring the same cluster
+//! back). The status file is saved after every change of a step.
+
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kinc_types::fsutil::write_atomic;
+use kinc_types::status::StatusError;
+use kinc_types::{BootstrapStatus, ClusterConfig, StepState};
+
+use crate::cni::Conflist;
+use crate::fsx;
+use crate::kubeadm::KubeadmConfig;
+use crate::netinfo::{detect_node_ip, NodeIpError};
+use crate::paths::NodePaths;
+use crate::runner::{Cmd, RunError, Runner};
+use crate::state::{choose_config, ChooseConfigError, NodeState, StateError};
+
+/// Step names, in order. The host CLI shows them as they are.
+pub mod step {
+    pub const LOAD_CONFIG: &str = "load-config";
+    pub const DETECT_NODE_IP: &str = "detect-node-ip";
+    pub const RENDER_KUBEADM_CONFIG: &str = "render-kubeadm-config";
+    pub const WRITE_CNI_CONFIG: &str = "write-cni-config";
+    pub const WAIT_CRIO: &str = "wait-crio";
+    pub const RESTORE_NODE: &str = "restore-node";
+    pub const KUBEADM_INIT: &str = "kubeadm-init";
+    pub const REMOVE_TAINT: &str = "remove-control-plane-taint";
+    pub const APPLY_MANIFESTS: &str = "apply-manifests";
+    pub const SAVE_KUBECONFIG: &str = "save-kubeconfig";
+    pub const WAIT_NODE_READY: &str = "wait-node-ready";
+    pub const WAIT_COREDNS: &str = "wait-coredns";
+}
+
+/// Steps of `kinc-init prepare`.
+pub const PREPARE_STEPS: [&str; 4] = [
+    step::LOAD_CONFIG,
+    step::DETECT_NODE_IP,
+    step::RENDER_KUBEADM_CONFIG,
+    step::WRITE_CNI_CONFIG,
+];
+/// Steps of `kinc-init bootstrap`.
+pub const BOOTSTRAP_STEPS: [&str; 8] = [
+    step::WAIT_CRIO,
+    step::RESTORE_NODE,
+    step::KUBEADM_INIT,
+    step::REMOVE_TAINT,
+    step::APPLY_MANIFESTS,
+    step::SAVE_KUBECONFIG,
+    step::WAIT_NODE_READY,
+    step::WAIT_COREDNS,
+];
+
+pub fn all_steps() -> Vec<&'static str> {
+    PREPARE_STEPS
+        .iter()
+        .chain(&BOOTSTRAP_STEPS)
+        .copied()
+        .collect()
+}
+
+const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane:NoSchedule-";
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// CRI-O's socket answering.
+    pub crio: Duration,
+    /// The API server answering after a restart (taint, apply).
+    pub api: Duration,
+    pub node_ready: Duration,
+    pub coredns: Duration,
+    /// Pause between attempts.
+    pub poll: Duration,
+    /// `--timeout` of one `kubectl wait`.
+    pub kubectl_wait: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            crio: Duration::from_secs(120),
+            api: Duration::from_secs(180),
+            node_ready: Duration::from_secs(300),
+            coredns: Duration::from_secs(300),
+            poll: Duration::from_secs(2),
+            kubectl_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Config(#[from] ChooseConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    #[error("finding the node IP: {0}")]
+    NodeIp(#[from] NodeIpError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("gave up waiting for {what} after {secs} s; last error: {last}")]
+    Timeout {
+        what: String,
+        secs: u64,
+        last: String,
+    },
+    #[error("this /var belongs to cluster {var_cluster:?}, but the config names {config_cluster:?}: use the matching volume")]
+    WrongCluster {
+        var_cluster: String,
+        config_cluster: String,
+    },
+    #[error("{0}: run `kinc-init prepare` first (kinc-prepare.service)")]
+    NotPrepared(String),
+    #[error("the cluster on this /var was initialised, but {etc} is gone and {backup} holds no copy: recreate the cluster")]
+    LostKubernetesConfig { etc: PathBuf, backup: PathBuf },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InitError {
+    let path = path.to_path_buf();
+    move |source| InitError::Io { what, path, source }
+}
+
+/// Keeps the status and saves it after every change.
+struct Tracker {
+    status: BootstrapStatus,
+    path: PathBuf,
+}
+
+impl Tracker {
+    fn save(&self) -> Result<(), InitError> {
+        Ok(self.status.save(&self.path)?)
+    }
+
+    fn run<T>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce() -> Result<T, InitError>,
+    ) -> Result<T, InitError> {
+        self.status.start(name)?;
+        self.save()?;
+        eprintln!("kinc-init: {name}: started");
+        match f() {
+            Ok(v) => {
+                self.status.finish(name)?;
+                self.save()?;
+                eprintln!("kinc-init: {name}: done");
+                Ok(v)
+            }
+            Err(e) => {
+                self.status.fail(name, &e.to_string())?;
+                // The step's error matters more than a failure to record it.
+                let _ = self.save();
+                eprintln!("kinc-init: {name}: failed: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    fn skip(&mut self, name: &str, why: &str) -> Result<(), InitError> {
+        self.status.skip(name, why)?;
+        eprintln!("kinc-init: {name}: skipped: {why}");
+        self.save()
+    }
+
+    /// Adds a note to a finished step (what it changed).
+    fn note(&mut self, name: &str, msg: String) -> Result<(), InitError> {
+        if let Some(s) = self.status.steps.iter_mut().find(|s| s.name == name) {
+            eprintln!("kinc-init: {name}: {msg}");
+            s.message = Some(msg);
+        }
+        self.save()
+    }
+
+    /// Records an error that happened outside any step on the first step not yet run.
+    fn fail_next(&mut self, err: &InitError) {
+        let next = self
+            .status
+            .steps
+            .iter()
+            .find(|s| s.state == StepState::Pending)
+            .map(|s| s.name.clone());
+        if let Some(name) = next {
+            let _ = self.status.fail(&name, &err.to_string());
+            let _ = self.save();
+        }
+    }
+}
+
+type NodeIpSource<'a> = Box<dyn Fn() -> Result<Ipv4Addr, NodeIpError> + 'a>;
+
+pub struct Bootstrap<'a> {
+    paths: NodePaths,
+    runner: &'a dyn Runner,
+    timeouts: Timeouts,
+    node_ip: NodeIpSource<'a>,
+}
+
+impl<'a> Bootstrap<'a> {
+    pub fn new(paths: NodePaths, runner: &'a dyn Runner) -> Self {
+        Self {
+            paths,
+            runner,
+            timeouts: Timeouts::default(),
+            node_ip: Box::new(detect_node_ip),
+        }
+    }
+
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Replaces the node IP detection (tests).
+    pub fn with_node_ip(mut self, f: impl Fn() -> Result<Ipv4Addr, NodeIpError> + 'a) -> Self {
+        self.node_ip = Box::new(f);
+        self
+    }
+
+    pub fn paths(&self) -> &NodePaths {
+        &self.paths
+    }
+
+    /// Before CRI-O and kubelet: pick the config, find the node IP, write kubeadm's
+    /// config and kincnet's conflist. Starts a fresh status for this boot.
+    pub fn prepare(&self) -> Result<BootstrapStatus, InitError> {
+        let mut t = Tracker {
+            status: BootstrapStatus::new("", &all_steps()),
+            path: self.paths.status(),
+        };
+        t.status.boot = 0;
+        t.save()?;
+
+        let (cfg, mut state) = t.run(step::LOAD_CONFIG, || {
+            let (cfg, from) = choose_config(&self.paths)?;
+            eprintln!("kinc-init: cluster config from {}", from.display());
+            let state = NodeState::load(&self.paths.node_state())?;
+            if let Some(c) = &state.cluster {
+                if c != cfg.name.as_str() {
+                    return Err(InitError::WrongCluster {
+                        var_cluster: c.clone(),
+                        config_cluster: cfg.name.to_string(),
+                    });
+                }
+            }
+            Ok((cfg, state))
+        })?;
+        t.status.cluster = cfg.name.to_string();
+        t.status.boot = state.boots + 1;
+        t.save()?;
+
+        let ip = t.run(step::DETECT_NODE_IP, || {
+            let ip = (self.node_ip)()?;
+            state.cluster = Some(cfg.name.to_string());
+            state.boots += 1;
+            state.current_ip = Some(ip);
+            state.save(&self.paths.node_state())?;
+            Ok(ip)
+        })?;
+        t.note(step::DETECT_NODE_IP, format!("node IP {ip}"))?;
+
+        t.run(step::RENDER_KUBEADM_CONFIG, || {
+            let yaml = KubeadmConfig::new(&cfg, ip).to_yaml();
+            write_file(&self.paths.kubeadm_config(), yaml.as_bytes(), 0o600)
+        })?;
+        t.run(step::WRITE_CNI_CONFIG, || {
+            let json = Conflist::for_pod_subnet(cfg.pod_subnet).to_json();
+            write_file(&self.paths.conflist(), json.as_bytes(), 0o644)
+        })?;
+        Ok(t.status)
+    }
+
+    /// After CRI-O: initialise the cluster once, or bring it back; then wait until the
+    /// node and CoreDNS are ready.
+    pub fn bootstrap(&self) -> Result<BootstrapStatus, InitError> {
+        let status_path = self.paths.status();
+        let status = BootstrapStatus::load(&status_path)
+            .map_err(|e| InitError::NotPrepared(e.to_string()))?;
+        if let Some(s) = PREPARE_STEPS
+            .iter()
+            .find(|n| status.step(n).map(|s| s.state) != Some(StepState::Done))
+        {
+            return Err(InitError::NotPrepared(format!(
+                "step {s:?} of this boot is not done in {}",
+                status_path.display()
+            )));
+        }
+        let mut t = Tracker {
+            status,
+            path: status_path,
+        };
+        let loaded = (|| -> Result<_, InitError> {
+            let (cfg, _) = choose_config(&self.paths)?;
+            let state = NodeState::load(&self.paths.node_state())?;
+            let ip = state
+                .current_ip
+                .ok_or_else(|| InitError::NotPrepared("no node IP recorded".into()))?;
+            Ok((cfg, state, ip))
+        })();
+        let (cfg, mut state, ip) = match loaded {
+            Ok(v) => v,
+            Err(e) => {
+                t.fail_next(&e);
+                return Err(e);
+            }
+        };
+
+        t.run(step::WAIT_CRIO, || self.wait_crio())?;
+        if state.initialized {
+            let notes = t.run(step::RESTORE_NODE, || self.restore_node(&mut state, ip))?;
+            if !notes.is_empty() {
+                t.note(step::RESTORE_NODE, notes.join("; "))?;
+            }
+            t.skip(
+                step::KUBEADM_INIT,
+                &format!(
+                    "the cluster on this /var is initialised already (boot {}); not running kubeadm init again",
+                    state.boots
+                ),
+            )?;
+        } else {
+            t.skip(
+                step::RESTORE_NODE,
+                "first boot of this /var: nothing to restore",
+            )?;
+            t.run(step::KUBEADM_INIT, || self.kubeadm_init(&mut state, ip))?;
+        }
+        let node = cfg.name.container();
+        t.run(step::REMOVE_TAINT, || self.remove_taint(&node))?;
+        t.run(step::APPLY_MANIFESTS, || self.apply_manifests())?;
+        t.run(step::SAVE_KUBECONFIG, || self.save_kubeconfig())?;
+        t.run(step::WAIT_NODE_READY, || self.wait_node_ready(&node))?;
+        t.run(step::WAIT_COREDNS, || self.wait_coredns())?;
+        Ok(t.status)
+    }
+
+    /// `prepare` then `bootstrap`, for running by hand.
+    pub fn run_all(&self) -> Result<BootstrapStatus, InitError> {
+        self.prepare()?;
+        self.bootstrap()
+    }
+
+    fn kubectl<I, S>(&self, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut all = vec![
+            "--kubeconfig".to_string(),
+            self.paths.admin_conf().display().to_string(),
+        ];
+        all.extend(args.into_iter().map(Into::into));
+        Cmd::new("kubectl", all)
+    }
+
+    fn kubeadm_phase(&self, phase: &[&str]) -> Cmd {
+        let mut args = vec!["init", "phase"];
+        args.extend_from_slice(phase);
+        let cfg = self.paths.kubeadm_config().display().to_string();
+        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+        args.extend(["--config".to_string(), cfg]);
+        Cmd::new("kubeadm", args)
+    }
+
+    fn cri_endpoint(&self) -> String {
+        format!("unix://{}", self.paths.crio_socket().display())
+    }
+
+    /// Retries `f` every `poll` until it succeeds or `limit` has passed.
+    fn retry<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut f: impl FnMut() -> Result<T, InitError>,
+    ) -> Result<T, InitError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(InitError::Timeout {
+                        what: what.to_string(),
+                        secs: limit.as_secs(),
+                        last: e.to_string(),
+                    })
+                }
+                Err(_) => std::thread::sleep(self.timeouts.poll),
+            }
+        }
+    }
+
+    fn wait_crio(&self) -> Result<(), InitError> {
+        let sock = self.paths.crio_socket();
+        self.retry("CRI-O", self.timeouts.crio, || {
+            UnixStream::connect(&sock).map_err(io_err("connecting to CRI-O socket", &sock))?;
+            let info = Cmd::new(
+                "crictl",
+                ["--runtime-endpoint", &self.cri_endpoint(), "info"],
+            );
+            self.runner.run_ok(&info)?;
+            Ok(())
+        })
+    }
+
+    fn kubeadm_init(&self, state: &mut NodeState, ip: Ipv4Addr) -> Result<(), InitError> {
+        // A first boot that died half-way through kubeadm init leaves certificates,
+        // manifests and etcd data behind; init refuses to run over them.
+        if self.paths.init_leftovers().iter().any(|p| p.exists()) {
+            eprintln!("kinc-init: resetting what an unfinished kubeadm init left behind");
+            self.runner.run_ok(&Cmd::new(
+                "kubeadm",
+                ["reset", "--force", "--cri-socket", &self.cri_endpoint()],
+            ))?;
+        }
+        let cfg = self.paths.kubeadm_config().display().to_string();
+        self.runner
+            .run_ok(&Cmd::new("kubeadm", ["init", "--config", &cfg]))?;
+        state.initialized = true;
+        state.cluster_ip = Some(ip);
+        state.save(&self.paths.node_state())?;
+        Ok(())
+    }
+
+    /// A restart with `/var` kept: put `/etc/kubernetes` back if the container was
+    /// recreated, and redo what names the node IP if it changed.
+    fn restore_node(&self, state: &mut NodeState, ip: Ipv4Addr) -> Result<Vec<String>, InitError> {
+        let mut notes = Vec::new();
+        let etc = self.paths.etc_kubernetes();
+        let backup = self.paths.etc_kubernetes_backup();
+        if !self.paths.admin_conf().exists() {
+            if !backup.join("admin.conf").exists() {
+                return Err(InitError::LostKubernetesConfig { etc, backup });
+            }
+            fsx::copy_tree(&backup, &etc)
+                .map_err(io_err("restoring /etc/kubernetes into", &etc))?;
+            notes.push(format!(
+                "restored {} from {}",
+                etc.display(),
+                backup.display()
+            ));
+        }
+        if state.cluster_ip != Some(ip) {
+            let old = state
+                .cluster_ip
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            // The API server certificate lists the node IP: kubeadm only writes a new
+            // one when none exists.
+            for p in self.paths.apiserver_cert() {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("removing", &p)(e)),
+                }
+            }
+            for phase in [
+                &["certs", "apiserver"][..],
+                &["control-plane", "apiserver"],
+                &["etcd", "local"],
+                // Rewrites kubelet's --node-ip and restarts kubelet.
+                &["kubelet-start"],
+            ] {
+                self.runner.run_ok(&self.kubeadm_phase(phase))?;
+            }
+            state.cluster_ip = Some(ip);
+            state.save(&self.paths.node_state())?;
+            notes.push(format!(
+                "node IP changed from {old} to {ip}: new API server certificate, API server and etcd manifests, kubelet flags"
+            ));
+        }
+        Ok(notes)
+    }
+
+    fn remove_taint(&self, node: &str) -> Result<(), InitError> {
+        let cmd = self.kubectl(["taint", "nodes", node, CONTROL_PLANE_TAINT]);
+        self.retry(
+            "the API server (removing the control-plane taint)",
+            self.timeouts.api,
+            || {
+                let out = self.runner.run(&cmd)?;
+                // Already removed (a restart, or a repeated run) is the state we want.
+                if out.success()
+                    || (out.stderr.contains("taint \"") && out.stderr.contains("not found"))
+                {
+                    return Ok(());
+                }
+                Err(RunError::Failed {
+                    cmd: cmd.to_string(),
+                    code: out.code,
+                    stderr: out.stderr,
+                    stdout: out.stdout,
+                }
+                .into())
+            },
+        )
+    }
+
+    fn apply_manifests(&self) -> Result<(), InitError> {
+        let dir = self.paths.cluster_manifests().display().to_string();
+        let cmd = self.kubectl(["apply", "-f", &dir]);
+        self.retry(
+            "the API server (applying manifests)",
+            self.timeouts.api,
+            || Ok(self.runner.run_ok(&cmd).map(|_| ())?),
+        )
+    }
+
+    fn save_kubeconfig(&self) -> Result<(), InitError> {
+        let src = self.paths.admin_conf();
+        let dst = self.paths.exported_admin_conf();
+        let bytes = std::fs::read(&src).map_err(io_err("reading", &src))?;
+        write_file(&dst, &bytes, 0o600)?;
+        let backup = self.paths.etc_kubernetes_backup();
+        fsx::replace_tree(&self.paths.etc_kubernetes(), &backup)
+            .map_err(io_err("copying /etc/kubernetes to", &backup))
+    }
+
+    fn wait_node_ready(&self, node: &str) -> Result<(), InitError> {
+        let cmd = self.kubectl([
+            "wait".to_string(),
+            "--for=condition=Ready".to_string(),
+            format!("node/{node}"),
+            format!("--timeout={}s", self.timeouts.kubectl_wait.as_secs()),
+        ]);
+        self.retry(
+            &format!("node {node} to be Ready"),
+            self.timeouts.node_ready,
+            || Ok(self.runner.run_ok(&cmd).map(|_| ())?),
+        )
+    }
+
+    fn wait_coredns(&self) -> Result<(), InitError> {
+        let cmd = self.kubectl([
+            "--namespace".to_string(),
+            "kube-system".to_string(),
+            "wait".to_string(),
+            "--for=condition=Available".to_string(),
+            "deployment/coredns".to_string(),
+            format!("--timeout={}s", self.timeouts.kubectl_wait.as_secs()),
+        ]);
+        self.retry("CoreDNS to be Available", self.timeouts.coredns, || {
+            Ok(self.runner.run_ok(&cmd).map(|_| ())?)
+        })
+    }
+}
+
+/// Writes `bytes` atomically with `mode`, creating the directory.
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InitError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err("creating directory", dir))?;
+    }
+    write_atomic(path, bytes, Some(mode)).map_err(io_err("writing", path))
+}
+
+/// The kubeadm config for `cfg` at `ip`, as `kinc-init render` prints it.
+pub fn render_kubeadm(cfg: &ClusterConfig, ip: Ipv4Addr) -> String {
+    KubeadmConfig::new(cfg, ip).to_yaml()
+}

@@ -1,0 +1,278 @@
+//! kubeadm's configuration as typed structs: `InitConfiguration` and
+//! `ClusterConfiguration` (kubeadm.k8s.io/v1beta4), `KubeletConfiguration`
+//! (kubelet.config.k8s.io/v1beta1) and `KubeProxyConfiguration`
+//! (kubeproxy.config.k8s.io/v1alpha1). Only the fields kinc sets are modelled;
+//! kubeadm defaults the rest. k8s-openapi has no types for these component configs.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use kinc_types::config::NODE_API_PORT;
+use kinc_types::{node, ClusterConfig};
+use serde::{Deserialize, Serialize};
+
+pub const KUBEADM_API: &str = "kubeadm.k8s.io/v1beta4";
+pub const KUBELET_API: &str = "kubelet.config.k8s.io/v1beta1";
+pub const KUBE_PROXY_API: &str = "kubeproxy.config.k8s.io/v1alpha1";
+pub const CRI_SOCKET: &str = "unix:///var/run/crio/crio.sock";
+
+/// v1beta4 writes component flags as a list of name/value pairs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arg {
+    pub name: String,
+    pub value: String,
+}
+
+fn arg(name: &str, value: impl Into<String>) -> Arg {
+    Arg {
+        name: name.to_string(),
+        value: value.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InitConfiguration {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(rename = "localAPIEndpoint")]
+    pub local_api_endpoint: ApiEndpoint,
+    pub node_registration: NodeRegistration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiEndpoint {
+    pub advertise_address: Ipv4Addr,
+    pub bind_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeRegistration {
+    pub name: String,
+    pub cri_socket: String,
+    pub kubelet_extra_args: Vec<Arg>,
+    /// Preflight checks that cannot pass in a rootless node (swap, kernel modules,
+    /// sysctls owned by the host); reported in the journal, not fatal.
+    pub ignore_preflight_errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterConfiguration {
+    pub api_version: String,
+    pub kind: String,
+    pub cluster_name: String,
+    pub kubernetes_version: String,
+    /// Loopback, not the container IP: every client inside the node keeps working when
+    /// the container comes back with another address.
+    pub control_plane_endpoint: String,
+    pub networking: Networking,
+    pub api_server: ApiServer,
+    pub controller_manager: ControlPlaneComponent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Networking {
+    pub pod_subnet: String,
+    pub service_subnet: String,
+    pub dns_domain: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiServer {
+    #[serde(rename = "certSANs")]
+    pub cert_sans: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlPlaneComponent {
+    pub extra_args: Vec<Arg>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeletConfiguration {
+    pub api_version: String,
+    pub kind: String,
+    pub cgroup_driver: String,
+    pub cgroup_root: String,
+    pub container_runtime_endpoint: String,
+    pub feature_gates: BTreeMap<String, bool>,
+    /// A laptop has swap on; kubelet must start anyway, and keep pods out of swap.
+    pub fail_swap_on: bool,
+    pub memory_swap: MemorySwap,
+    /// Eviction off: a laptop's disk is often above 85 % and evicting the control
+    /// plane's own pods would take the cluster down.
+    pub eviction_hard: BTreeMap<String, String>,
+    #[serde(rename = "imageGCHighThresholdPercent")]
+    pub image_gc_high_threshold_percent: u8,
+    /// Ephemeral-storage accounting needs filesystem quotas a user namespace lacks.
+    pub local_storage_capacity_isolation: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemorySwap {
+    pub swap_behavior: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeProxyConfiguration {
+    pub api_version: String,
+    pub kind: String,
+    pub mode: String,
+    #[serde(rename = "clusterCIDR")]
+    pub cluster_cidr: String,
+    pub conntrack: Conntrack,
+}
+
+/// kube-proxy writes these `nf_conntrack_*` sysctls at start-up; in a user namespace
+/// they are read-only and the write fails. Zero means "leave the kernel's value".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Conntrack {
+    pub max_per_core: u32,
+    pub min: u32,
+    pub tcp_established_timeout: String,
+    pub tcp_close_wait_timeout: String,
+}
+
+/// The four documents kubeadm reads from one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeadmConfig {
+    pub init: InitConfiguration,
+    pub cluster: ClusterConfiguration,
+    pub kubelet: KubeletConfiguration,
+    pub kube_proxy: KubeProxyConfiguration,
+}
+
+impl KubeadmConfig {
+    /// The configuration for `cfg`'s cluster on a node whose address is `node_ip`.
+    pub fn new(cfg: &ClusterConfig, node_ip: Ipv4Addr) -> Self {
+        let node_name = cfg.name.container();
+        let mut sans = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            node_name.clone(),
+        ];
+        for s in &cfg.extra_sans {
+            if !sans.contains(s) {
+                sans.push(s.clone());
+            }
+        }
+        let init = InitConfiguration {
+            api_version: KUBEADM_API.into(),
+            kind: "InitConfiguration".into(),
+            local_api_endpoint: ApiEndpoint {
+                advertise_address: node_ip,
+                bind_port: NODE_API_PORT,
+            },
+            node_registration: NodeRegistration {
+                name: node_name,
+                cri_socket: CRI_SOCKET.into(),
+                kubelet_extra_args: vec![arg("node-ip", node_ip.to_string())],
+                ignore_preflight_errors: vec!["all".into()],
+            },
+        };
+        let cluster = ClusterConfiguration {
+            api_version: KUBEADM_API.into(),
+            kind: "ClusterConfiguration".into(),
+            cluster_name: cfg.name.context(),
+            kubernetes_version: cfg.kubernetes_version.clone(),
+            control_plane_endpoint: format!("127.0.0.1:{NODE_API_PORT}"),
+            networking: Networking {
+                pod_subnet: cfg.pod_subnet.to_string(),
+                service_subnet: cfg.service_subnet.to_string(),
+                dns_domain: cfg.dns_domain.clone(),
+            },
+            api_server: ApiServer { cert_sans: sans },
+            controller_manager: ControlPlaneComponent {
+                // The node gets the whole pod subnet (kincnet allocates from it), so the
+                // controller manager's per-node CIDR is the subnet itself.
+                extra_args: vec![arg(
+                    "node-cidr-mask-size-ipv4",
+                    cfg.pod_subnet.prefix().to_string(),
+                )],
+            },
+        };
+        let kubelet = KubeletConfiguration {
+            api_version: KUBELET_API.into(),
+            kind: "KubeletConfiguration".into(),
+            cgroup_driver: "cgroupfs".into(),
+            cgroup_root: node::KUBELET_CGROUP_ROOT.into(),
+            container_runtime_endpoint: CRI_SOCKET.into(),
+            feature_gates: BTreeMap::from([("KubeletInUserNamespace".to_string(), true)]),
+            fail_swap_on: false,
+            memory_swap: MemorySwap {
+                swap_behavior: "NoSwap".into(),
+            },
+            eviction_hard: ["imagefs.available", "nodefs.available", "nodefs.inodesFree"]
+                .into_iter()
+                .map(|k| (k.to_string(), "0%".to_string()))
+                .collect(),
+            image_gc_high_threshold_percent: 100,
+            local_storage_capacity_isolation: false,
+        };
+        let kube_proxy = KubeProxyConfiguration {
+            api_version: KUBE_PROXY_API.into(),
+            kind: "KubeProxyConfiguration".into(),
+            mode: "nftables".into(),
+            cluster_cidr: cfg.pod_subnet.to_string(),
+            conntrack: Conntrack {
+                max_per_core: 0,
+                min: 0,
+                tcp_established_timeout: "0s".into(),
+                tcp_close_wait_timeout: "0s".into(),
+            },
+        };
+        Self {
+            init,
+            cluster,
+            kubelet,
+            kube_proxy,
+        }
+    }
+
+    /// The multi-document YAML file given to `kubeadm --config`.
+    pub fn to_yaml(&self) -> String {
+        let docs = [
+            serde_yaml::to_string(&self.init),
+            serde_yaml::to_string(&self.cluster),
+            serde_yaml::to_string(&self.kubelet),
+            serde_yaml::to_string(&self.kube_proxy),
+        ];
+        let docs: Vec<String> = docs
+            .into_iter()
+            .map(|d| d.expect("kubeadm config always serializes"))
+            .collect();
+        format!(
+            "# Rendered by kinc-init on every boot; edits are overwritten.\n{}",
+            docs.join("---\n")
+        )
+    }
+
+    /// Parses a file written by [`Self::to_yaml`] (every document, every field known).
+    pub fn from_yaml(text: &str) -> Result<Self, serde_yaml::Error> {
+        let mut docs = serde_yaml::Deserializer::from_str(text);
+        let mut next = || {
+            docs.next()
+                .ok_or_else(|| <serde_yaml::Error as serde::de::Error>::custom("missing document"))
+        };
+        let init = InitConfiguration::deserialize(next()?)?;
+        let cluster = ClusterConfiguration::deserialize(next()?)?;
+        let kubelet = KubeletConfiguration::deserialize(next()?)?;
+        let kube_proxy = KubeProxyConfiguration::deserialize(next()?)?;
+        Ok(Self {
+            init,
+            cluster,
+            kubelet,
+            kube_proxy,
+        })
+    }
+}

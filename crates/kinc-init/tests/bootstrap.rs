@@ -1,0 +1,411 @@
+//! The bootstrap state machine against a fake node root and a recording runner:
+//! step order, the status file, the restart path, failures.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use kinc_init::bootstrap::{all_steps, step};
+use kinc_init::runner::RecordingRunner;
+use kinc_init::state::NodeState;
+use kinc_init::{Bootstrap, InitError};
+use kinc_types::status::Phase;
+use kinc_types::{BootstrapStatus, StepState};
+
+fn boot(
+    node: &FakeNode,
+    runner: &RecordingRunner,
+    ip: &IpKnob,
+) -> Result<BootstrapStatus, InitError> {
+    let knob = ip.clone();
+    Bootstrap::new(node.paths.clone(), runner)
+        .with_timeouts(fast())
+        .with_node_ip(move || Ok(knob.get()))
+        .run_all()
+}
+
+fn saved_status(node: &FakeNode) -> BootstrapStatus {
+    BootstrapStatus::load(&node.paths.status()).unwrap()
+}
+
+fn state_of(s: &BootstrapStatus, name: &str) -> StepState {
+    s.step(name)
+        .unwrap_or_else(|| panic!("no step {name}"))
+        .state
+}
+
+/// Command lines with the temp root replaced by `/`, so they read like the real node's.
+fn calls(node: &FakeNode, runner: &RecordingRunner) -> Vec<String> {
+    let root = format!("{}/", node.root().display());
+    runner
+        .lines()
+        .iter()
+        .map(|l| l.replace(&root, "/"))
+        .collect()
+}
+
+#[test]
+fn first_boot_runs_every_step_in_order() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::new(&cfg);
+    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    let status = boot(&node, &runner, &IpKnob::new(ip(5))).unwrap();
+
+    assert_eq!(status.phase, Phase::Ready);
+    assert_eq!(status.boot, 1);
+    assert_eq!(status.cluster, "dev");
+    for s in all_steps() {
+        let want = if s == step::RESTORE_NODE {
+            StepState::Skipped
+        } else {
+            StepState::Done
+        };
+        assert_eq!(state_of(&status, s), want, "step {s}");
+    }
+    assert_eq!(saved_status(&node), status);
+    let a = "--kubeconfig /etc/kubernetes/admin.conf";
+    assert_eq!(
+        calls(&node, &runner),
+        vec![
+            "crictl --runtime-endpoint unix:///var/run/crio/crio.sock info".to_string(),
+            "kubeadm init --config /var/lib/kinc/kubeadm.yaml".to_string(),
+            format!("kubectl {a} taint nodes kinc-dev-control-plane node-role.kubernetes.io/control-plane:NoSchedule-"),
+            format!("kubectl {a} apply -f /usr/share/kinc/manifests/cluster"),
+            format!("kubectl {a} wait --for=condition=Ready node/kinc-dev-control-plane --timeout=1s"),
+            format!("kubectl {a} --namespace kube-system wait --for=condition=Available deployment/coredns --timeout=1s"),
+        ]
+    );
+    // The rendered files name this node and this cluster's CIDRs.
+    let kubeadm = std::fs::read_to_string(node.paths.kubeadm_config()).unwrap();
+    assert!(kubeadm.contains("advertiseAddress: 10.88.0.5"), "{kubeadm}");
+    assert!(kubeadm.contains("podSubnet: 10.244.44.0/24"), "{kubeadm}");
+    let conflist = std::fs::read_to_string(node.paths.conflist()).unwrap();
+    assert!(
+        conflist.contains("\"subnet\": \"10.244.44.0/24\""),
+        "{conflist}"
+    );
+    // The exported kubeconfig is private, and /etc/kubernetes has a copy on /var.
+    let exported = node.paths.exported_admin_conf();
+    assert_eq!(
+        std::fs::metadata(&exported).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(node
+        .paths
+        .etc_kubernetes_backup()
+        .join("pki/ca.crt")
+        .exists());
+    let st = NodeState::load(&node.paths.node_state()).unwrap();
+    assert!(st.initialized);
+    assert_eq!(st.cluster_ip, Some(ip(5)));
+}
+
+#[test]
+fn restart_with_var_kept_never_runs_kubeadm_init() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::new(&cfg);
+    let knob = IpKnob::new(ip(5));
+    boot(
+        &node,
+        &healthy_runner(node.root().to_path_buf(), |_| None),
+        &knob,
+    )
+    .unwrap();
+
+    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    let status = boot(&node, &runner, &knob).unwrap();
+    assert_eq!(status.phase, Phase::Ready);
+    assert_eq!(status.boot, 2);
+    assert_eq!(state_of(&status, step::KUBEADM_INIT), StepState::Skipped);
+    assert!(status
+        .step(step::KUBEADM_INIT)
+        .unwrap()
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("not running kubeadm init again"));
+    assert_eq!(state_of(&status, step::RESTORE_NODE), StepState::Done);
+    let c = calls(&node, &runner);
+    assert!(c.iter().all(|l| !l.starts_with("kubeadm")), "{c:#?}");
+    assert!(
+        c.iter().any(|l| l.contains("wait --for=condition=Ready")),
+        "{c:#?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.paths.apiserver_cert()[0].clone()).unwrap(),
+        "old-cert"
+    );
+}
+
+#[test]
+fn restart_with_a_new_ip_regenerates_what_names_the_ip() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::new(&cfg);
+    let knob = IpKnob::new(ip(5));
+    boot(
+        &node,
+        &healthy_runner(node.root().to_path_buf(), |_| None),
+        &knob,
+    )
+    .unwrap();
+
+    knob.set(ip(9));
+    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    let status = boot(&node, &runner, &knob).unwrap();
+    assert_eq!(status.phase, Phase::Ready);
+    let kubeadm: Vec<String> = calls(&node, &runner)
+        .into_iter()
+        .filter(|l| l.starts_with("kubeadm"))
+        .collect();
+    let cfgarg = "--config /var/lib/kinc/kubeadm.yaml";
+    assert_eq!(
+        kubeadm,
+        vec![
+            format!("kubeadm init phase certs apiserver {cfgarg}"),
+            format!("kubeadm init phase control-plane apiserver {cfgarg}"),
+            format!("kubeadm init phase etcd local {cfgarg}"),
+            format!("kubeadm init phase kubelet-start {cfgarg}"),
+        ]
+    );
+    // The old certificate was removed so kubeadm writes one naming the new IP.
+    assert_eq!(
+        std::fs::read_to_string(&node.paths.apiserver_cert()[0]).unwrap(),
+        "new-cert"
+    );
+    assert!(!node.paths.apiserver_cert()[1].exists());
+    let note = status
+        .step(step::RESTORE_NODE)
+        .unwrap()
+        .message
+        .clone()
+        .unwrap();
+    assert!(note.contains("from 10.88.0.5 to 10.88.0.9"), "{note}");
+    assert!(std::fs::read_to_string(node.paths.kubeadm_config())
+        .unwrap()
+        .contains("advertiseAddress: 10.88.0.9"));
+    assert_eq!(
+        NodeState::load(&node.paths.node_state())
+            .unwrap()
+            .cluster_ip,
+        Some(ip(9))
+    );
+
+    // Next boot at the same new IP: nothing to regenerate.
+    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    boot(&node, &runner, &knob).unwrap();
+    assert!(calls(&node, &runner)
+        .iter()
+        .all(|l| !l.starts_with("kubeadm")));
+}
+
+#[test]
+fn recreated_container_gets_etc_kubernetes_back_from_var() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::new(&cfg);
+    let knob = IpKnob::new(ip(5));
+    boot(
+        &node,
+        &healthy_runner(node.root().to_path_buf(), |_| None),
+        &knob,
+    )
+    .unwrap();
+    std::fs::remove_dir_all(node.paths.etc_kubernetes()).unwrap();
+
+    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    let status = boot(&node, &runner, &knob).unwrap();
+    assert_eq!(status.phase, Phase::Ready);
+    assert!(node.paths.admin_conf().exists());
+    assert!(status
+        .step(step::RESTORE_NODE)
+        .unwrap()
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("restored"));
+    assert!(calls(&node, &runner)
+        .iter()
+        .all(|l| !l.starts_with("kubeadm")));
+}
+
+#[test]
+fn initialised_var_without_any_kubernetes_config_fails_clearly() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::new(&cfg);
+    let knob = IpKnob::new(ip(5));
+    boot(
+        &node,
+        &healthy_runner(node.root().to_path_buf(), |_| None),
+        &knob,
+    )
+    .unwrap();
+    std::fs::remove_dir_all(node.paths.etc_kubernetes()).unwrap();
+    std::fs::remove_dir_all(node.paths.etc_kubernetes_backup()).unwrap();
+    let err = boot(
+        &node,
+        &healthy_runner(node.root().to_path_buf(), |_| None),
+        &knob,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, InitError::LostKubernetesConfig { .. }),
+        "{err}"
+    );
+    let s = saved_status(&node);
+    assert_eq!(state_of(&s, step::RESTORE_NODE), StepState::Failed);
+    assert_eq!(state_of(&s, step::KUBEADM_INIT), StepState::Pending);
+}
+
+#[test]
+fn failed_kubeadm_init_is_in_the_status_file_and_stops_the_bootstrap() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::new(&cfg);
+    let runner = healthy_runner(node.root().to_path_buf(), |c| {
+        (c.program == "kubeadm").then(|| {
+            fail(
+                1,
+                "[ERROR] unable to start the control plane\ntimed out waiting for the condition",
+            )
+        })
+    });
+    let err = boot(&node, &runner, &IpKnob::new(ip(5))).unwrap_err();
+    assert!(err.to_string().contains("kubeadm init --config"), "{err}");
+
+    let s = saved_status(&node);
+    assert_eq!(s.phase, Phase::Failed);
+    let failed = s.failed_step().unwrap();
+    assert_eq!(failed.name, step::KUBEADM_INIT);
+    let msg = failed.message.as_deref().unwrap();
+    assert!(
+        msg.contains("exit 1") && msg.contains("timed out waiting for the condition"),
+        "{msg}"
+    );
+    assert!(failed.started_at.is_some() && failed.finished_at.is_some());
+    assert_eq!(state_of(&s, step::WAIT_CRIO), StepState::Done);
+    for later in [
+        step::REMOVE_TAINT,
+        step::APPLY_MANIFESTS,
+        step::WAIT_NODE_READY,
+    ] {
+        assert_eq!(state_of(&s, later), StepState::Pending, "{later}");
+    }
+    assert!(
+        !NodeState::load(&node.paths.node_state())
+            .unwrap()
+            .initialized
+    );
+    assert!(calls(&node, &runner)
+        .iter()
+        .all(|l| !l.starts_with("kubectl")));
+}
+
+#[test]
+fn retry_after_a_half_done_init_resets_first() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::new(&cfg);
+    fake_kubeadm_init(node.root()); // leftovers, but the state says not initialised
+    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    boot(&node, &runner, &IpKnob::new(ip(5))).unwrap();
+    let c = calls(&node, &runner);
+    assert_eq!(
+        c[1],
+        "kubeadm reset --force --cri-socket unix:///var/run/crio/crio.sock"
+    );
+    assert_eq!(c[2], "kubeadm init --config /var/lib/kinc/kubeadm.yaml");
+}
+
+#[test]
+fn crio_that_never_answers_times_out_in_wait_crio() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::without_crio(&cfg);
+    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    let err = boot(&node, &runner, &IpKnob::new(ip(5)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gave up waiting for CRI-O") && err.contains("crio.sock"),
+        "{err}"
+    );
+    assert_eq!(
+        saved_status(&node).failed_step().unwrap().name,
+        step::WAIT_CRIO
+    );
+    assert!(runner.calls().is_empty());
+}
+
+#[test]
+fn taint_already_gone_is_fine_but_api_errors_are_retried_then_fail() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::new(&cfg);
+    let runner = healthy_runner(node.root().to_path_buf(), |c| {
+        c.args.iter().any(|a| a == "taint").then(|| {
+            fail(
+                1,
+                "error: taint \"node-role.kubernetes.io/control-plane:NoSchedule\" not found",
+            )
+        })
+    });
+    assert!(boot(&node, &runner, &IpKnob::new(ip(5))).is_ok());
+
+    let node = FakeNode::new(&cfg);
+    let runner = healthy_runner(node.root().to_path_buf(), |c| {
+        c.args
+            .iter()
+            .any(|a| a == "apply")
+            .then(|| fail(1, "The connection to the server 127.0.0.1:6443 was refused"))
+    });
+    let err = boot(&node, &runner, &IpKnob::new(ip(5)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("applying manifests") && err.contains("was refused"),
+        "{err}"
+    );
+    let applies = runner
+        .lines()
+        .iter()
+        .filter(|l| l.contains(" apply "))
+        .count();
+    assert!(applies >= 2, "apply was not retried ({applies})");
+    assert_eq!(
+        saved_status(&node).failed_step().unwrap().name,
+        step::APPLY_MANIFESTS
+    );
+}
+
+#[test]
+fn a_var_of_another_cluster_is_refused() {
+    let node = FakeNode::new(&cluster("dev", 6444));
+    let knob = IpKnob::new(ip(5));
+    boot(
+        &node,
+        &healthy_runner(node.root().to_path_buf(), |_| None),
+        &knob,
+    )
+    .unwrap();
+    write(
+        &node.paths.mounted_config(),
+        &cluster("prod", 6445).to_json(),
+    );
+    let err = boot(
+        &node,
+        &healthy_runner(node.root().to_path_buf(), |_| None),
+        &knob,
+    )
+    .unwrap_err();
+    assert!(matches!(err, InitError::WrongCluster { .. }), "{err}");
+    assert_eq!(
+        saved_status(&node).failed_step().unwrap().name,
+        step::LOAD_CONFIG
+    );
+}
+
+#[test]
+fn bootstrap_without_prepare_is_refused() {
+    let node = FakeNode::new(&cluster("dev", 6444));
+    let runner = RecordingRunner::ok();
+    let err = Bootstrap::new(node.paths.clone(), &runner)
+        .bootstrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("kinc-init prepare"), "{err}");
+}
