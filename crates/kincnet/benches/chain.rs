@@ -21,7 +21,10 @@ struct Netns(String);
 impl Netns {
     fn new(tag: &str) -> Netns {
         let name = format!("knbench{}{tag}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
         assert!(ok.success(), "ip netns add {name}");
         Netns(name)
     }
@@ -66,7 +69,12 @@ fn exec(bin: &str, node: &File, env: &[(&str, String)], stdin: &[u8]) -> Run {
     let mut child = c.spawn().expect("spawn plugin");
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let mut stdout = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
     let mut status = 0;
     // SAFETY: rusage is plain data filled by wait4 for our own child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -108,8 +116,16 @@ impl Net {
             _node: node,
             node_f,
             data: tempfile::tempdir().unwrap(),
-            bridge: if which == Impl::Kincnet { "kinc0" } else { "cb0" },
-            subnet: if which == Impl::Kincnet { "10.244.0.0/24" } else { "10.245.0.0/24" },
+            bridge: if which == Impl::Kincnet {
+                "kinc0"
+            } else {
+                "cb0"
+            },
+            subnet: if which == Impl::Kincnet {
+                "10.244.0.0/24"
+            } else {
+                "10.245.0.0/24"
+            },
         }
     }
 
@@ -129,7 +145,9 @@ impl Net {
 
     fn ports(host_port: Option<u16>) -> Value {
         match host_port {
-            Some(p) => json!({"portMappings": [{"hostPort": p, "containerPort": 80, "protocol": "tcp"}]}),
+            Some(p) => {
+                json!({"portMappings": [{"hostPort": p, "containerPort": 80, "protocol": "tcp"}]})
+            }
             None => json!({}),
         }
     }
@@ -150,18 +168,38 @@ impl Net {
             Impl::Reference => {
                 let t = Instant::now();
                 let bridge = self.bridge_conf(None);
-                let b = exec(&format!("{REF_DIR}/bridge"), &self.node_f, &env, bridge.to_string().as_bytes());
+                let b = exec(
+                    &format!("{REF_DIR}/bridge"),
+                    &self.node_f,
+                    &env,
+                    bridge.to_string().as_bytes(),
+                );
                 assert!(b.ok, "bridge ADD: {}", b.stdout);
                 let res: Value = serde_json::from_str(&b.stdout).unwrap();
                 let pm = self.portmap_conf(host_port, &res);
-                let p = exec(&format!("{REF_DIR}/portmap"), &self.node_f, &env, pm.to_string().as_bytes());
+                let p = exec(
+                    &format!("{REF_DIR}/portmap"),
+                    &self.node_f,
+                    &env,
+                    pm.to_string().as_bytes(),
+                );
                 assert!(p.ok, "portmap ADD: {}", p.stdout);
-                (t.elapsed(), b.rss_kb.max(p.rss_kb), serde_json::from_str(&p.stdout).unwrap())
+                (
+                    t.elapsed(),
+                    b.rss_kb.max(p.rss_kb),
+                    serde_json::from_str(&p.stdout).unwrap(),
+                )
             }
         }
     }
 
-    fn del(&self, cid: &str, netns: &Path, host_port: Option<u16>, prev: &Value) -> (Duration, i64) {
+    fn del(
+        &self,
+        cid: &str,
+        netns: &Path,
+        host_port: Option<u16>,
+        prev: &Value,
+    ) -> (Duration, i64) {
         let env = Self::env("DEL", cid, netns);
         match self.which {
             Impl::Kincnet => {
@@ -176,9 +214,19 @@ impl Net {
             Impl::Reference => {
                 let t = Instant::now();
                 let pm = self.portmap_conf(host_port, prev);
-                let p = exec(&format!("{REF_DIR}/portmap"), &self.node_f, &env, pm.to_string().as_bytes());
+                let p = exec(
+                    &format!("{REF_DIR}/portmap"),
+                    &self.node_f,
+                    &env,
+                    pm.to_string().as_bytes(),
+                );
                 assert!(p.ok, "portmap DEL: {}", p.stdout);
-                let b = exec(&format!("{REF_DIR}/bridge"), &self.node_f, &env, self.bridge_conf(Some(prev)).to_string().as_bytes());
+                let b = exec(
+                    &format!("{REF_DIR}/bridge"),
+                    &self.node_f,
+                    &env,
+                    self.bridge_conf(Some(prev)).to_string().as_bytes(),
+                );
                 assert!(b.ok, "bridge DEL: {}", b.stdout);
                 (t.elapsed(), b.rss_kb.max(p.rss_kb))
             }
@@ -226,7 +274,9 @@ fn ms(d: Duration) -> f64 {
 fn measure(which: Impl, with_port: bool, n: usize, tag: &str) -> Stats {
     let net = Net::new(which, tag);
     let mut st = Stats::default();
-    let pods: Vec<Netns> = (0..n.max(100)).map(|i| Netns::new(&format!("{tag}p{i}"))).collect();
+    let pods: Vec<Netns> = (0..n.max(100))
+        .map(|i| Netns::new(&format!("{tag}p{i}")))
+        .collect();
     // Sequential ADD then DEL of n pods.
     let mut results = Vec::new();
     for (i, p) in pods.iter().take(n).enumerate() {
@@ -301,7 +351,11 @@ fn main() {
         let r = measure(Impl::Reference, with_port, n, &format!("r{tag}"));
         println!(
             "\n{} | kincnet | reference | ratio",
-            if with_port { "with one hostPort per pod" } else { "pods without hostPort" }
+            if with_port {
+                "with one hostPort per pod"
+            } else {
+                "pods without hostPort"
+            }
         );
         println!("---|---|---|---");
         let row = |name: &str, a: f64, b: f64, unit: &str| {
@@ -311,9 +365,24 @@ fn main() {
         row("ADD p95", pct(&k.add, 95), pct(&r.add, 95), "ms");
         row("DEL median", pct(&k.del, 50), pct(&r.del, 50), "ms");
         row("DEL p95", pct(&k.del, 95), pct(&r.del, 95), "ms");
-        row("ADD+DEL median", pct(&k.add_del, 50), pct(&r.add_del, 50), "ms");
-        row("100 pods 8-parallel ADD wall", k.par_add_wall, r.par_add_wall, "ms");
-        row("100 pods 8-parallel DEL wall", k.par_del_wall, r.par_del_wall, "ms");
+        row(
+            "ADD+DEL median",
+            pct(&k.add_del, 50),
+            pct(&r.add_del, 50),
+            "ms",
+        );
+        row(
+            "100 pods 8-parallel ADD wall",
+            k.par_add_wall,
+            r.par_add_wall,
+            "ms",
+        );
+        row(
+            "100 pods 8-parallel DEL wall",
+            k.par_del_wall,
+            r.par_del_wall,
+            "ms",
+        );
         row("peak RSS per invocation", k.rss as f64, r.rss as f64, "kB");
     }
 }
