@@ -38,7 +38,12 @@ fn rules(ns: &Netns) -> Vec<(String, String)> {
         s.list_rules(Family::Ip, "kincnet", None)
             .unwrap()
             .into_iter()
-            .map(|r| (r.chain, r.comment.unwrap_or_default()))
+            .map(|r| {
+                // Drop the fingerprint: "kinc:net:br0:jump 1a2b3c4d" -> "kinc:net:br0:jump".
+                let c = r.comment.unwrap_or_default();
+                let name = c.split(' ').next().unwrap_or_default().to_string();
+                (r.chain, name)
+            })
             .collect()
     })
 }
@@ -76,7 +81,11 @@ fn ensure_is_idempotent_and_repairs() {
     let json = node.nft_json(&["-a", "list", "chain", "ip", "kincnet", "hostports"]);
     let handle = objects(&json, "rule")
         .iter()
-        .find(|r| r["comment"] == "kinc:shared:dnat-hostip")
+        .find(|r| {
+            r["comment"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("kinc:shared:dnat-hostip "))
+        })
         .map(|r| r["handle"].as_u64().unwrap())
         .unwrap();
     node.exec(
@@ -283,6 +292,7 @@ fn networks_share_the_table_and_nothing_else_is_touched() {
         a.ensure()?;
         b.ensure()?;
         a.add_pod(A, &[pm(8080, 80, Proto::Tcp)])?;
+        b.add_pod(Ipv4Addr::new(10, 98, 0, 5), &[pm(9090, 90, Proto::Tcp)])?;
         Ok(())
     })
     .unwrap();
@@ -317,10 +327,66 @@ fn networks_share_the_table_and_nothing_else_is_touched() {
     assert!(after.contains(&("nat-br1".into(), "kinc:net:br1:masq".into())));
     assert!(!after.contains(&("nat-br0".into(), "kinc:net:br0:masq".into())));
     let (a, b) = (f0.clone(), f1.clone());
-    node.run(move || -> Result<(), FirewallError> {
-        a.retain_pods(&[])?;
-        b.ensure()
-    })
-    .unwrap();
+    let kept = node
+        .run(move || -> Result<_, FirewallError> {
+            // GC of br0 removes br0's pod only, not br1's.
+            assert_eq!(a.retain_pods(&[])?, 1);
+            b.ensure()?;
+            b.pod_mappings(Ipv4Addr::new(10, 98, 0, 5))
+        })
+        .unwrap();
+    assert_eq!(kept, vec![pm(9090, 90, Proto::Tcp)]);
+
+    // Removing br1's network leaves br0's rules, the shared ones and the foreign one.
+    let b = f1.clone();
+    node.run(move || b.remove()).unwrap();
+    let left = rules(&node);
+    assert!(
+        left.iter()
+            .all(|(c, n)| c != "nat-br1" && !n.starts_with("kinc:net:br1:")),
+        "{left:?}"
+    );
+    assert!(left.contains(&("postrouting".into(), "kinc:net:br0:jump".into())));
+    assert!(left.contains(&("postrouting".into(), "policy".into())));
+    assert_eq!(
+        left.iter()
+            .filter(|(_, n)| n.starts_with("kinc:shared:"))
+            .count(),
+        5
+    );
+    let chains = node.exec("nft", &["list", "chains", "ip"]);
+    assert!(!chains.contains("nat-br1"), "{chains}");
+    let b = f1.clone();
+    node.run(move || b.remove()).unwrap(); // again: nothing to do
     assert_eq!(node.exec("nft", &["list", "table", "ip", "other"]), before);
+}
+
+#[test]
+fn one_thread_switching_namespaces_acts_in_each() {
+    kinc_testutil::require_root_and!("ip", "nft");
+    let (n1, n2) = (Netns::new("node"), Netns::new("node"));
+    let paths = [
+        format!("/run/netns/{}", n1.name),
+        format!("/run/netns/{}", n2.name),
+    ];
+    std::thread::spawn(move || {
+        for (i, p) in paths.iter().enumerate() {
+            let f = std::fs::File::open(p).unwrap();
+            // SAFETY: this thread only; valid netns fd.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
+            let fw = fw("br0");
+            fw.ensure().unwrap();
+            fw.add_pod(A, &[pm(8000 + i as u16, 80, Proto::Tcp)])
+                .unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    for (ns, port) in [(&n1, 8000), (&n2, 8001)] {
+        let f = fw("br0");
+        let got = ns.run(move || f.pod_mappings(A)).unwrap();
+        assert_eq!(got, vec![pm(port, 80, Proto::Tcp)], "in {}", ns.name);
+    }
 }

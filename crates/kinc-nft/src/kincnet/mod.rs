@@ -111,6 +111,17 @@ pub enum FirewallError {
     },
 }
 
+/// For `nl::with_socket`, which may fail before any table is involved (opening the
+/// socket); the callers below fill in the table where they know it.
+impl From<nl::Error> for FirewallError {
+    fn from(source: nl::Error) -> Self {
+        FirewallError::Netlink {
+            table: String::new(),
+            source,
+        }
+    }
+}
+
 impl FirewallError {
     /// Worth retrying (CNI error code 11): the kernel was busy or the ruleset kept
     /// changing under us.
@@ -171,7 +182,8 @@ fn parse_target(d: &[u8]) -> Option<SocketAddrV4> {
 fn parse_elem(map: &str, e: &Elem) -> Option<(PortMapping, SocketAddrV4)> {
     let k = &e.key;
     let (host_ip, rest) = if map == MAP_HOSTPORTS_IP {
-        (Some(Ipv4Addr::new(k[0], k[1], k[2], k[3])), k.get(4..)?)
+        let ip: [u8; 4] = k.get(..4)?.try_into().ok()?;
+        (Some(Ipv4Addr::from(ip)), k.get(4..)?)
     } else {
         (None, &k[..])
     };
@@ -194,6 +206,14 @@ impl NetworkFirewall {
         FirewallError::Netlink {
             table: self.table.clone(),
             source,
+        }
+    }
+
+    /// Names the table in an error that was raised without it (see `From<nl::Error>`).
+    fn named(&self, e: FirewallError) -> FirewallError {
+        match e {
+            FirewallError::Netlink { table, source } if table.is_empty() => self.err(source),
+            e => e,
         }
     }
 
@@ -233,19 +253,19 @@ impl NetworkFirewall {
     /// transaction. When everything is in place it only reads (two netlink requests).
     pub fn ensure(&self) -> Result<(), FirewallError> {
         self.validate()?;
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
-        let mut last = None;
-        for _ in 0..RETRIES {
-            match self.ensure_once(&mut sock) {
-                Err(e) if e.errno() == Some(libc::ERESTART) => {
+        nl::with_socket(|sock| {
+            let mut last = None;
+            for _ in 0..RETRIES {
+                match self.ensure_once(sock) {
                     // Someone changed the ruleset between our read and our write (maybe a
                     // parallel ensure); read again.
-                    last = Some(e);
+                    Err(e) if e.errno() == Some(libc::ERESTART) => last = Some(e),
+                    r => return r,
                 }
-                r => return r.map_err(|e| self.err(e)),
             }
-        }
-        Err(self.err(last.expect("loop ran")))
+            Err(last.expect("loop ran"))
+        })
+        .map_err(|e| self.err(e))
     }
 
     fn ensure_once(&self, sock: &mut Socket) -> Result<(), nl::Error> {
@@ -267,7 +287,7 @@ impl NetworkFirewall {
                 }
             }
         }
-        let same = |a: &&Rule, b: &&Rule| a.comment == b.comment && a.exprs == b.exprs;
+        let same = |a: &&Rule, b: &&Rule| a.comment == b.comment;
         let stale: Vec<_> = by_chain
             .values()
             .filter(|(have, want)| {
@@ -283,13 +303,69 @@ impl NetworkFirewall {
                 .iter()
                 .map(|c| c.add_msg()),
         );
-        msgs.push(rules::map_hostports_ip(&self.table).add_msg(1));
-        msgs.push(rules::map_hostports_any(&self.table).add_msg(2));
+        // Maps are only created when missing: re-adding one the kernel holds with other
+        // flags (made by an older version, or by hand) would fail the whole transaction.
+        let sets = match sock.list_sets(Family::Ip, &self.table) {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for (id, map) in [
+            rules::map_hostports_ip(&self.table),
+            rules::map_hostports_any(&self.table),
+        ]
+        .iter()
+        .enumerate()
+        {
+            if !sets.contains(&map.name) {
+                msgs.push(map.add_msg(id as u32 + 1));
+            }
+        }
         for (have, want) in stale {
             msgs.extend(have.iter().map(|r| r.del_msg()));
             msgs.extend(want.iter().map(|r| r.add_msg()));
         }
         sock.commit(&msgs, Some(genid))
+    }
+
+    /// Removes this network's rules and chain (not the shared ones, not the maps, not
+    /// other networks'), in one transaction. Missing ones are fine.
+    pub fn remove(&self) -> Result<(), FirewallError> {
+        self.validate()?;
+        nl::with_socket(|sock| {
+            let mut last = None;
+            for _ in 0..RETRIES {
+                let genid = sock.genid()?;
+                let existing = match sock.list_rules(Family::Ip, &self.table, None) {
+                    Ok(r) => r,
+                    Err(e) if e.is_not_found() => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                let prefix = rules::net_prefix(&self.bridge);
+                let nchain = rules::net_chain(&self.bridge);
+                let mut msgs: Vec<Msg> = existing
+                    .iter()
+                    .filter(|r| r.chain != nchain)
+                    .filter(|r| r.comment.as_deref().is_some_and(|c| c.starts_with(&prefix)))
+                    .map(|r| r.del_msg())
+                    .collect();
+                let chains = sock.list_chains(Family::Ip, &self.table)?;
+                if chains.iter().any(|(c, _)| *c == nchain) {
+                    let chain = rules::chains(&self.table, &self.bridge)
+                        .into_iter()
+                        .find(|c| c.name == nchain)
+                        .expect("ensure's chains include the network chain");
+                    msgs.push(chain.flush_msg());
+                    msgs.push(chain.del_msg());
+                }
+                match sock.commit(&msgs, Some(genid)) {
+                    Err(e) if e.errno() == Some(libc::ERESTART) => last = Some(e),
+                    r => return r,
+                }
+            }
+            Err(last.expect("loop ran"))
+        })
+        .map_err(|e| self.err(e))
     }
 
     fn check_mapping(m: &PortMapping) -> Result<(), FirewallError> {
@@ -320,17 +396,26 @@ impl NetworkFirewall {
         let mut per_map: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
         for m in mappings {
             let (map, key) = key_and_map(m);
-            per_map.entry(map).or_default().push(Elem {
-                key,
-                data: Some(target(ip, m.container_port)),
-            });
+            per_map
+                .entry(map)
+                .or_default()
+                .push(Elem::map(key, target(ip, m.container_port)));
         }
         let msgs: Vec<Msg> = per_map
             .iter()
             .map(|(map, elems)| self.map(map).add_elems_msg(elems))
             .collect();
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
-        match sock.commit(&msgs, None) {
+        nl::with_socket(|sock| self.add_elems(sock, ip, mappings, &msgs)).map_err(|e| self.named(e))
+    }
+
+    fn add_elems(
+        &self,
+        sock: &mut Socket,
+        ip: Ipv4Addr,
+        mappings: &[PortMapping],
+        msgs: &[Msg],
+    ) -> Result<(), FirewallError> {
+        match sock.commit(msgs, None) {
             Ok(()) => Ok(()),
             Err(e) if matches!(e.errno(), Some(libc::EBUSY | libc::EEXIST)) => {
                 // An element with this key and another target exists: say which.
@@ -361,7 +446,15 @@ impl NetworkFirewall {
             return Ok(());
         }
         self.validate()?;
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
+        nl::with_socket(|sock| self.remove_elems(sock, ip, mappings)).map_err(|e| self.named(e))
+    }
+
+    fn remove_elems(
+        &self,
+        sock: &mut Socket,
+        ip: Ipv4Addr,
+        mappings: &[PortMapping],
+    ) -> Result<(), FirewallError> {
         let mut last = None;
         for _ in 0..RETRIES {
             let mut per_map: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
@@ -379,10 +472,7 @@ impl NetworkFirewall {
                     .and_then(parse_target)
                     == Some(SocketAddrV4::new(ip, m.container_port));
                 if ours {
-                    per_map
-                        .entry(map)
-                        .or_default()
-                        .push(Elem { key, data: None });
+                    per_map.entry(map).or_default().push(Elem::key(key));
                 }
             }
             let msgs: Vec<Msg> = per_map
@@ -421,9 +511,8 @@ impl NetworkFirewall {
     /// The mappings currently programmed that target `ip` (for CNI CHECK).
     pub fn pod_mappings(&self, ip: Ipv4Addr) -> Result<Vec<PortMapping>, FirewallError> {
         self.validate()?;
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
-        let mut v: Vec<PortMapping> = self
-            .all_mappings(&mut sock)?
+        let mut v: Vec<PortMapping> = nl::with_socket(|sock| self.all_mappings(sock))
+            .map_err(|e| self.named(e))?
             .into_iter()
             .filter(|(_, _, _, to)| *to.ip() == ip)
             .map(|(_, _, m, _)| m)
@@ -432,20 +521,21 @@ impl NetworkFirewall {
         Ok(v)
     }
 
-    /// Removes every mapping whose target address is not in `keep` (CNI GC), in one
-    /// transaction. Returns how many were removed.
+    /// Removes every mapping that targets an address of this network's subnet not in
+    /// `keep` (CNI GC), in one transaction. Returns how many were removed.
     pub fn retain_pods(&self, keep: &[Ipv4Addr]) -> Result<usize, FirewallError> {
         self.validate()?;
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
+        nl::with_socket(|sock| self.retain_elems(sock, keep)).map_err(|e| self.named(e))
+    }
+
+    fn retain_elems(&self, sock: &mut Socket, keep: &[Ipv4Addr]) -> Result<usize, FirewallError> {
         let mut last = None;
         for _ in 0..RETRIES {
             let mut per_map: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
-            for (map, e, _, to) in self.all_mappings(&mut sock)? {
-                if !keep.contains(to.ip()) {
-                    per_map.entry(map).or_default().push(Elem {
-                        key: e.key,
-                        data: None,
-                    });
+            for (map, e, _, to) in self.all_mappings(sock)? {
+                // Other networks may share the table: their pods are not ours to collect.
+                if self.subnet.contains(*to.ip()) && !keep.contains(to.ip()) {
+                    per_map.entry(map).or_default().push(Elem::key(e.key));
                 }
             }
             let n = per_map.values().map(Vec::len).sum();

@@ -20,9 +20,10 @@
 //! (hairpin included: without it the pod would see its own address as the source and
 //! drop the reply as a martian). They look the ORIGINAL destination up in the same maps,
 //! so DNAT done by anyone else (kube-proxy's services) is not masqueraded.
-//! Every rule carries a comment `kinc:shared:*` or `kinc:net:<bridge>:*`; `ensure`
-//! compares and repairs only rules with those comments, so other users of the table
-//! (a NetworkPolicy controller) keep theirs.
+//! Every rule carries a comment `kinc:shared:<name> <fingerprint>` or
+//! `kinc:net:<bridge>:<name> <fingerprint>`; `ensure` compares and repairs only rules
+//! with those comments, so other users of the table (a NetworkPolicy controller) keep
+//! theirs.
 
 use std::net::Ipv4Addr;
 
@@ -30,8 +31,8 @@ use ipnetwork::Ipv4Network;
 
 use crate::nl::consts::*;
 use crate::nl::{
-    concat_type, reg, BaseChain, Chain, ChainType, CmpOp, CtDir, CtKey, Expr, Family, Hook,
-    MetaKey, NatType, PayloadBase, Rule, Set, Table, Verdict,
+    concat_type, encode_list, reg, AttrWriter, BaseChain, Chain, ChainType, CmpOp, CtDir, CtKey,
+    Expr, Family, Hook, MetaKey, NatType, PayloadBase, Rule, Set, Table, Verdict,
 };
 
 pub const CHAIN_PREROUTING: &str = "prerouting";
@@ -229,14 +230,27 @@ fn ct_orig(key: CtKey, dreg: u32) -> Expr {
     }
 }
 
-fn rule(table: &str, chain: &str, comment: String, exprs: Vec<Expr>) -> Rule {
+/// FNV-1a, 32 bit: a stable fingerprint of a rule's encoded expressions.
+fn fingerprint(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// A rule whose comment is `<name> <fingerprint>`: `ensure` compares comments only, so
+/// it does not depend on how a kernel version dumps expressions, yet notices any change
+/// of content (another subnet, masquerade switched, a newer kinc-nft).
+fn rule(table: &str, chain: &str, name: String, exprs: Vec<Expr>) -> Rule {
+    let mut w = AttrWriter::new();
+    encode_list(&exprs, &mut w);
+    let fp = fingerprint(&w.into_bytes());
     Rule {
         family: Family::Ip,
         table: table.into(),
         chain: chain.into(),
         handle: None,
         exprs,
-        comment: Some(comment),
+        comment: Some(format!("{name} {fp:08x}")),
     }
 }
 

@@ -40,10 +40,7 @@ fn elements_parse_back_to_mappings() {
     ] {
         let (map, key) = key_and_map(&m);
         let to = Ipv4Addr::new(10, 88, 0, 9);
-        let e = Elem {
-            key,
-            data: Some(target(to, m.container_port)),
-        };
+        let e = Elem::map(key, target(to, m.container_port));
         let (back, dst) = parse_elem(map, &e).unwrap();
         assert_eq!(back, m);
         assert_eq!(dst, SocketAddrV4::new(to, m.container_port));
@@ -100,7 +97,11 @@ fn masquerade_rule_compares_masked_subnet() {
     let r = rules::rules(&f.table, &f.bridge, f.subnet, true);
     let masq = r
         .iter()
-        .find(|r| r.comment.as_deref() == Some("kinc:net:kinc0:masq"))
+        .find(|r| {
+            r.comment
+                .as_deref()
+                .is_some_and(|c| c.starts_with("kinc:net:kinc0:masq "))
+        })
         .unwrap();
     assert!(masq.exprs.contains(&crate::nl::Expr::Bitwise {
         sreg: crate::nl::reg(0),
@@ -155,4 +156,34 @@ fn port_mapping_serde_uses_cni_names() {
         serde_json::to_string(&m).unwrap(),
         r#"{"hostPort":53,"containerPort":53,"protocol":"udp"}"#
     );
+}
+
+#[test]
+fn fingerprints_follow_content_and_shared_rules_agree_across_networks() {
+    let comments = |bridge: &str, subnet: &str, masq: bool| -> Vec<String> {
+        rules::rules("kincnet", bridge, subnet.parse().unwrap(), masq)
+            .into_iter()
+            .map(|r| r.comment.unwrap())
+            .collect()
+    };
+    let a = comments("kinc0", "10.88.0.0/16", true);
+    let b = comments("kinc1", "10.89.0.0/16", true);
+    let shared = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .filter(|c| c.starts_with(rules::SHARED_PREFIX))
+            .cloned()
+            .collect()
+    };
+    // Two networks must not fight over the shared rules.
+    assert_eq!(shared(&a), shared(&b));
+    assert_eq!(shared(&a).len(), 5);
+    // Another subnet changes the per-network fingerprints, so ensure repairs them.
+    let c = comments("kinc0", "10.77.0.0/16", true);
+    let jump = |v: &[String]| {
+        v.iter()
+            .find(|c| c.starts_with("kinc:net:kinc0:jump "))
+            .cloned()
+    };
+    assert_ne!(jump(&a), jump(&c));
+    assert!(jump(&a).unwrap().len() == "kinc:net:kinc0:jump ".len() + 8);
 }

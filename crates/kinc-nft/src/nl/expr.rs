@@ -67,8 +67,8 @@ pub enum NatType {
     Dnat = 1,
 }
 
-/// A verdict, as in `immediate` with the verdict register.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A verdict, as in `immediate` with the verdict register, or a vmap element's data.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Verdict {
     Accept,
     Drop,

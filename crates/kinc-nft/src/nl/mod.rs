@@ -10,6 +10,7 @@
 //! ```
 
 mod attr;
+mod cache;
 pub mod consts;
 mod error;
 mod expr;
@@ -17,15 +18,22 @@ mod msg;
 mod socket;
 
 pub use attr::{Attr, AttrWriter, Attrs};
+pub use cache::{close_cached_sockets, with_socket};
 pub use error::Error;
-pub use expr::{reg, CmpOp, CtDir, CtKey, Expr, MetaKey, NatType, PayloadBase, Verdict};
+pub use expr::{
+    decode_list, encode_list, reg, CmpOp, CtDir, CtKey, Expr, MetaKey, NatType, PayloadBase,
+    Verdict,
+};
 pub use msg::{
-    concat_len, concat_type, decode_chain, decode_elems, dump_chains_msg, get_table_msg, BaseChain,
-    Chain, ChainType, Elem, Family, Hook, Msg, Rule, Set, Table,
+    concat_len, concat_type, decode_chain, decode_elems, dump_chains_msg, dump_sets_msg,
+    get_table_msg, BaseChain, Chain, ChainType, Elem, Family, Hook, Msg, Rule, Set, Table,
 };
 pub use socket::{Reply, Socket};
 
-use consts::{NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSETELEM};
+use consts::{
+    NFTA_SET_NAME, NFTA_SET_TABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET,
+    NFT_MSG_NEWSETELEM,
+};
 
 impl Socket {
     /// Every rule of `table` (optionally of one chain), in chain order.
@@ -58,6 +66,23 @@ impl Socket {
             .collect())
     }
 
+    /// Names of the sets and maps of `table` (anonymous ones included).
+    pub fn list_sets(&mut self, family: Family, table: &str) -> Result<Vec<String>, Error> {
+        let replies = self.request(&dump_sets_msg(family, table))?;
+        Ok(replies
+            .iter()
+            .filter(|r| r.kind == NFT_MSG_NEWSET)
+            .filter(|r| {
+                r.attrs()
+                    .find(NFTA_SET_TABLE)
+                    .map(|a| a.string())
+                    .as_deref()
+                    == Some(table)
+            })
+            .filter_map(|r| r.attrs().find(NFTA_SET_NAME).map(|a| a.string()))
+            .collect())
+    }
+
     /// Every element of a set or map.
     pub fn list_elems(&mut self, set: &Set) -> Result<Vec<Elem>, Error> {
         let replies = self.request(&set.dump_elems_msg())?;
@@ -70,10 +95,7 @@ impl Socket {
 
     /// The element stored under `key` (with its data), or `None` if absent.
     pub fn get_elem(&mut self, set: &Set, key: &[u8]) -> Result<Option<Elem>, Error> {
-        let probe = Elem {
-            key: key.to_vec(),
-            data: None,
-        };
+        let probe = Elem::key(key);
         match self.request(&set.get_elems_msg(&[probe])) {
             Ok(replies) => Ok(replies
                 .iter()

@@ -4,7 +4,7 @@
 //! order) + `struct nfgenmsg` (family u8, version u8, res_id be16) + attributes. The type
 //! is `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_*`.
 
-use super::attr::{AttrWriter, Attrs};
+use super::attr::{Attr, AttrWriter, Attrs};
 use super::consts::*;
 use super::expr::{self, Expr, Verdict};
 
@@ -130,16 +130,73 @@ pub fn concat_type(types: &[u32]) -> u32 {
     types.iter().fold(0, |acc, t| (acc << 6) | t)
 }
 
-/// Bytes a concatenation of fields of these lengths takes in registers.
+/// Key or data length of fields of these lengths: a single field keeps its own length
+/// (`type inet_service` is 2 bytes), a concatenation takes whole 4-byte registers.
 pub fn concat_len(fields: &[u32]) -> u32 {
-    fields.iter().map(|l| (l + 3) & !3).sum()
+    match fields {
+        [one] => *one,
+        many => many.iter().map(|l| (l + 3) & !3).sum(),
+    }
 }
 
-/// A set element (key, and for a map its data).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A set element. Build with [`Elem::key`], [`Elem::map`], [`Elem::vmap`],
+/// [`Elem::range`] or [`Elem::interval_end`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Elem {
     pub key: Vec<u8>,
+    /// Closing key of a range in an interval set of concatenations (pipapo backend).
+    pub key_end: Option<Vec<u8>>,
+    /// A map's data.
     pub data: Option<Vec<u8>>,
+    /// A verdict map's data.
+    pub verdict: Option<Verdict>,
+    /// `NFT_SET_ELEM_*` flags; `NFT_SET_ELEM_INTERVAL_END` closes a range in a
+    /// single-field interval set (rbtree backend: a range is a start and an end element).
+    pub flags: u32,
+}
+
+impl Elem {
+    /// A plain set element (also how to name a map element to delete or get).
+    pub fn key(key: impl Into<Vec<u8>>) -> Elem {
+        Elem {
+            key: key.into(),
+            ..Elem::default()
+        }
+    }
+
+    pub fn map(key: impl Into<Vec<u8>>, data: impl Into<Vec<u8>>) -> Elem {
+        Elem {
+            key: key.into(),
+            data: Some(data.into()),
+            ..Elem::default()
+        }
+    }
+
+    pub fn vmap(key: impl Into<Vec<u8>>, verdict: Verdict) -> Elem {
+        Elem {
+            key: key.into(),
+            verdict: Some(verdict),
+            ..Elem::default()
+        }
+    }
+
+    /// `[from, to]` (inclusive) in an interval set of concatenations.
+    pub fn range(from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>) -> Elem {
+        Elem {
+            key: from.into(),
+            key_end: Some(to.into()),
+            ..Elem::default()
+        }
+    }
+
+    /// The end marker (exclusive) of a range in a single-field interval set.
+    pub fn interval_end(key: impl Into<Vec<u8>>) -> Elem {
+        Elem {
+            key: key.into(),
+            flags: NFT_SET_ELEM_INTERVAL_END,
+            ..Elem::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,12 +337,11 @@ impl Set {
             .be32(NFTA_SET_KEY_TYPE, self.key_type)
             .be32(NFTA_SET_KEY_LEN, self.key_len());
         if let Some((ty, fields)) = &self.data {
-            let len = if *ty == NFT_DATA_VERDICT {
-                0
-            } else {
-                concat_len(fields)
-            };
-            w.be32(NFTA_SET_DATA_TYPE, *ty).be32(NFTA_SET_DATA_LEN, len);
+            w.be32(NFTA_SET_DATA_TYPE, *ty);
+            // A verdict map's data length is the kernel's business.
+            if *ty != NFT_DATA_VERDICT {
+                w.be32(NFTA_SET_DATA_LEN, concat_len(fields));
+            }
         }
         w.be32(NFTA_SET_ID, id);
         if self.key_fields.len() > 1 {
@@ -342,6 +398,34 @@ impl Set {
         self.elems_msg(NFT_MSG_DELSETELEM, NLM_F_ACK, elems, "delete")
     }
 
+    /// Deletes every element (`nft flush set`).
+    pub fn flush_msg(&self) -> Msg {
+        let mut w = AttrWriter::new();
+        w.str(NFTA_SET_ELEM_LIST_TABLE, &self.table)
+            .str(NFTA_SET_ELEM_LIST_SET, &self.name);
+        Msg::new(
+            NFT_MSG_DELSETELEM,
+            NLM_F_ACK,
+            self.family,
+            w,
+            format!("flush set {} {}", self.table, self.name),
+        )
+    }
+
+    /// Deletes the set itself (it must not be referenced by a rule).
+    pub fn del_msg(&self) -> Msg {
+        let mut w = AttrWriter::new();
+        w.str(NFTA_SET_TABLE, &self.table)
+            .str(NFTA_SET_NAME, &self.name);
+        Msg::new(
+            NFT_MSG_DELSET,
+            NLM_F_ACK,
+            self.family,
+            w,
+            format!("delete set {} {}", self.table, self.name),
+        )
+    }
+
     /// Non-dump GET of the elements with these keys (one reply each).
     pub fn get_elems_msg(&self, elems: &[Elem]) -> Msg {
         self.elems_msg(NFT_MSG_GETSETELEM, 0, elems, "get")
@@ -365,10 +449,21 @@ fn encode_elem(w: &mut AttrWriter, e: &Elem) {
     w.nested(NFTA_SET_ELEM_KEY, |k| {
         k.bytes(NFTA_DATA_VALUE, &e.key);
     });
+    if let Some(end) = &e.key_end {
+        w.nested(NFTA_SET_ELEM_KEY_END, |k| {
+            k.bytes(NFTA_DATA_VALUE, end);
+        });
+    }
     if let Some(d) = &e.data {
         w.nested(NFTA_SET_ELEM_DATA, |k| {
             k.bytes(NFTA_DATA_VALUE, d);
         });
+    }
+    if let Some(v) = &e.verdict {
+        w.nested(NFTA_SET_ELEM_DATA, |k| v.encode(k));
+    }
+    if e.flags != 0 {
+        w.be32(NFTA_SET_ELEM_FLAGS, e.flags);
     }
 }
 
@@ -377,18 +472,24 @@ pub fn decode_elems(attrs: Attrs<'_>) -> Vec<Elem> {
     let Some(list) = attrs.find(NFTA_SET_ELEM_LIST_ELEMENTS) else {
         return Vec::new();
     };
+    let value = |a: Option<Attr<'_>>| {
+        a.and_then(|d| d.nested().find(NFTA_DATA_VALUE))
+            .map(|d| d.data.to_vec())
+    };
     list.nested()
         .filter(|a| a.ty == NFTA_LIST_ELEM)
         .filter_map(|a| {
             let e = a.nested();
-            let key = e.find(NFTA_SET_ELEM_KEY)?.nested().find(NFTA_DATA_VALUE)?;
-            let data = e
-                .find(NFTA_SET_ELEM_DATA)
-                .and_then(|d| d.nested().find(NFTA_DATA_VALUE))
-                .map(|d| d.data.to_vec());
+            let data = e.find(NFTA_SET_ELEM_DATA);
             Some(Elem {
-                key: key.data.to_vec(),
-                data,
+                key: value(e.find(NFTA_SET_ELEM_KEY))?,
+                key_end: value(e.find(NFTA_SET_ELEM_KEY_END)),
+                data: value(data),
+                verdict: data.and_then(|d| Verdict::decode(d.nested())),
+                flags: e
+                    .find(NFTA_SET_ELEM_FLAGS)
+                    .and_then(|f| f.be32())
+                    .unwrap_or(0),
             })
         })
         .collect()
@@ -416,6 +517,20 @@ impl Rule {
                 self.comment.as_deref().unwrap_or("no comment")
             ),
         )
+    }
+
+    /// Inserts the rule before the rule with handle `before`, or at the head of its
+    /// chain when `None`.
+    pub fn insert_msg(&self, before: Option<u64>) -> Msg {
+        let mut m = self.add_msg();
+        m.flags &= !NLM_F_APPEND;
+        if let Some(h) = before {
+            let mut w = AttrWriter { buf: m.attrs };
+            w.be64(NFTA_RULE_POSITION, h);
+            m.attrs = w.into_bytes();
+        }
+        m.what = m.what.replacen("add rule", "insert rule", 1);
+        m
     }
 
     /// Deletes this rule by handle (which must be set).
@@ -499,6 +614,19 @@ pub fn decode_chain(attrs: Attrs<'_>, table: &str) -> Option<(String, bool)> {
     }
     let name = attrs.find(NFTA_CHAIN_NAME)?.string();
     Some((name, attrs.find(NFTA_CHAIN_HOOK).is_some()))
+}
+
+/// Dump request for the sets and maps of `table`.
+pub fn dump_sets_msg(family: Family, table: &str) -> Msg {
+    let mut w = AttrWriter::new();
+    w.str(NFTA_SET_TABLE, table);
+    Msg::new(
+        NFT_MSG_GETSET,
+        NLM_F_DUMP,
+        family,
+        w,
+        format!("list sets of table {table}"),
+    )
 }
 
 /// Request for the ruleset generation id (`nft_base_seq`), to guard a batch with.

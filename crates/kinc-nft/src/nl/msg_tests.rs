@@ -97,14 +97,14 @@ fn elements_round_trip_through_the_reply_decoder() {
         flags: 0,
     };
     let elems = vec![
-        Elem {
-            key: vec![6, 0, 0, 0, 0x1f, 0x90, 0, 0],
-            data: Some(vec![10, 0, 0, 2, 0, 80, 0, 0]),
-        },
-        Elem {
-            key: vec![17, 0, 0, 0, 0, 53, 0, 0],
-            data: None,
-        },
+        Elem::map(
+            vec![6, 0, 0, 0, 0x1f, 0x90, 0, 0],
+            vec![10, 0, 0, 2, 0, 80, 0, 0],
+        ),
+        Elem::key(vec![17, 0, 0, 0, 0, 53, 0, 0]),
+        Elem::vmap(vec![1, 2, 3, 4], Verdict::Jump("c".into())),
+        Elem::range(vec![10, 0, 0, 0], vec![10, 0, 0, 255]),
+        Elem::interval_end(vec![10, 0, 1, 0]),
     ];
     // A NEWSETELEM reply carries the same attributes as the request.
     let m = s.add_elems_msg(&elems);

@@ -30,6 +30,9 @@ pub struct Socket {
     fd: OwnedFd,
     seq: u32,
     buf: Vec<u8>,
+    /// Set when a conversation failed below the kernel's answer (I/O error, malformed
+    /// reply): unread replies may be left, so the socket is not reused.
+    broken: bool,
 }
 
 fn sock_err(op: &'static str) -> Error {
@@ -160,6 +163,7 @@ impl Socket {
             fd,
             seq,
             buf: vec![0; 1 << 16],
+            broken: false,
         })
     }
 
@@ -235,6 +239,23 @@ impl Socket {
     /// of the batch is applied. With `genid`, the kernel refuses the whole batch with
     /// ERESTART if the ruleset changed since that generation was read.
     pub fn commit(&mut self, msgs: &[Msg], genid: Option<u32>) -> Result<(), Error> {
+        let r = self.commit_inner(msgs, genid);
+        self.note(&r);
+        r
+    }
+
+    /// Whether an earlier failure may have left the socket out of step with the kernel.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    fn note<T>(&mut self, r: &Result<T, Error>) {
+        if matches!(r, Err(Error::Socket { .. } | Error::Malformed { .. })) {
+            self.broken = true;
+        }
+    }
+
+    fn commit_inner(&mut self, msgs: &[Msg], genid: Option<u32>) -> Result<(), Error> {
         if msgs.is_empty() {
             return Ok(());
         }
@@ -324,9 +345,10 @@ impl Socket {
     /// concurrent change (NLM_F_DUMP_INTR) is retried.
     pub fn request(&mut self, msg: &Msg) -> Result<Vec<Reply>, Error> {
         for _ in 0..8 {
-            match self.request_once(msg)? {
-                Some(r) => return Ok(r),
-                None => continue,
+            let r = self.request_once(msg);
+            self.note(&r);
+            if let Some(replies) = r? {
+                return Ok(replies);
             }
         }
         Err(Error::Kernel {
