@@ -319,13 +319,54 @@ fn del(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<()> {
     if let Some(ip) = ip {
         fw.remove_pod(ip, &mappings)?;
     }
-    let mut nl = nl_open()?;
-    // Deleting the host end removes the pair, also when the netns is already gone.
-    nl.del_link_by_name(&host_veth_name(&cenv.container_id, &cenv.ifname))?;
     if record.is_some() {
         Store::open(&conf.ipam.data_dir)?.release(&cenv.container_id, &cenv.ifname)?;
     }
-    Ok(())
+    // Deleting the host end removes the pair, also when the netns is already gone.
+    delete_link_detached(&host_veth_name(&cenv.container_id, &cenv.ifname))
+}
+
+/// Deletes a link without making the caller wait for it.
+///
+/// A netdev delete returns only after an RCU barrier (one grace period, ~20 ms here),
+/// which is most of a DEL. The address and the firewall state are already released
+/// when this runs, so nothing depends on the link being gone at the moment DEL
+/// returns: a forked child (no exec) does the delete while the parent answers. The
+/// child drops stdout/stderr first so the runtime sees EOF at once. If the child
+/// fails, GC removes the link (it deletes kincnet veths of no valid attachment), and
+/// an ADD for the same attachment replaces a leftover host end.
+fn delete_link_detached(name: &str) -> CniResult<()> {
+    use nix::unistd::{fork, ForkResult};
+    // SAFETY: DEL starts no threads, so the child is a full copy of a single-threaded
+    // process and may allocate and make syscalls.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+                // SAFETY: dup2 onto the standard descriptors of this child only.
+                unsafe {
+                    libc::dup2(fd, 0);
+                    libc::dup2(fd, 1);
+                    libc::dup2(fd, 2);
+                }
+            }
+            if let Ok(mut nl) = Netlink::open() {
+                let _ = nl.del_link_by_name(name);
+            }
+            // SAFETY: _exit skips the parent's exit handlers, as a forked child should.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(ForkResult::Parent { .. }) => Ok(()),
+        // No fork: delete in place and wait.
+        Err(_) => nl_open()?
+            .del_link_by_name(name)
+            .map(drop)
+            .map_err(Into::into),
+    }
 }
 
 fn check_failed(msg: String) -> CniError {
