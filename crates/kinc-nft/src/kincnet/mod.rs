@@ -1,0 +1,467 @@
+//! kincnet's firewall: masquerade of the pod subnet and hostPort DNAT, in a table
+//! kincnet owns. Per-network rules are installed once by [`NetworkFirewall::ensure`];
+//! a pod's port mappings are map elements, so a pod costs no rule and a pod without
+//! mappings costs no netlink traffic at all. Everything acts in the calling thread's
+//! network namespace (the socket is opened per call).
+//!
+//! The host must have `net.ipv4.ip_forward=1`, and `net.ipv4.conf.all.route_localnet=1`
+//! for `127.0.0.1:hostPort`; kincnet sets both, this module touches no sysctl.
+
+mod rules;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+use crate::nl::{self, Elem, Family, Msg, Rule, Set, Socket};
+
+pub use rules::{
+    CHAIN_HOSTPORTS, CHAIN_OUTPUT, CHAIN_POSTROUTING, CHAIN_PREROUTING, MAP_HOSTPORTS_ANY,
+    MAP_HOSTPORTS_IP,
+};
+
+/// Transport protocol of a port mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// IANA protocol number (what `meta l4proto` yields).
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+
+    fn from_number(n: u8) -> Option<Proto> {
+        match n {
+            6 => Some(Proto::Tcp),
+            17 => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// One hostPort mapping (field names as in CNI's `portMappings` capability).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// Restricts the mapping to this local destination address; `None` = any local one.
+    #[serde(rename = "hostIP", default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<Ipv4Addr>,
+    #[serde(rename = "hostPort")]
+    pub host_port: u16,
+    #[serde(rename = "containerPort")]
+    pub container_port: u16,
+    #[serde(rename = "protocol")]
+    pub proto: Proto,
+}
+
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host_ip {
+            Some(ip) => write!(f, "{ip}:")?,
+            None => f.write_str("*:")?,
+        }
+        write!(
+            f,
+            "{}/{} -> :{}",
+            self.host_port, self.proto, self.container_port
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("invalid firewall config: {field} {value:?}: {why}")]
+    Config {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("invalid port mapping {mapping}: {why}")]
+    InvalidMapping {
+        mapping: PortMapping,
+        why: &'static str,
+    },
+    #[error("host port {mapping} is already mapped to {other}")]
+    PortInUse {
+        mapping: PortMapping,
+        other: SocketAddrV4,
+    },
+    #[error("nf_tables table {table}: {source}")]
+    Netlink {
+        table: String,
+        #[source]
+        source: nl::Error,
+    },
+}
+
+impl FirewallError {
+    /// Worth retrying (CNI error code 11): the kernel was busy or the ruleset kept
+    /// changing under us.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, FirewallError::Netlink { source, .. } if source.is_transient())
+    }
+}
+
+/// The firewall of one kincnet network (one bridge and its subnet) inside `table`.
+/// Several networks may share a table: maps and hostPort rules are shared, masquerade
+/// rules are per bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkFirewall {
+    /// nf_tables table (family ip) that kincnet owns.
+    pub table: String,
+    /// The network's bridge; names its rules and chain.
+    pub bridge: String,
+    /// The pod subnet.
+    pub subnet: Ipv4Network,
+    /// Masquerade pod traffic that leaves the subnet (CNI `ipMasq`).
+    pub masquerade: bool,
+}
+
+/// How many times a generation-guarded change is retried when the ruleset moved.
+const RETRIES: usize = 5;
+
+fn key_and_map(m: &PortMapping) -> (&'static str, Vec<u8>) {
+    let mut key = Vec::with_capacity(12);
+    if let Some(ip) = m.host_ip {
+        key.extend_from_slice(&ip.octets());
+    }
+    // Each field of a concatenation takes a zero-padded 4-byte register.
+    key.extend_from_slice(&[m.proto.number(), 0, 0, 0]);
+    key.extend_from_slice(&m.host_port.to_be_bytes());
+    key.extend_from_slice(&[0, 0]);
+    let map = if m.host_ip.is_some() {
+        MAP_HOSTPORTS_IP
+    } else {
+        MAP_HOSTPORTS_ANY
+    };
+    (map, key)
+}
+
+fn target(ip: Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut d = ip.octets().to_vec();
+    d.extend_from_slice(&port.to_be_bytes());
+    d.extend_from_slice(&[0, 0]);
+    d
+}
+
+fn parse_target(d: &[u8]) -> Option<SocketAddrV4> {
+    let ip = Ipv4Addr::new(*d.first()?, *d.get(1)?, *d.get(2)?, *d.get(3)?);
+    let port = u16::from_be_bytes([*d.get(4)?, *d.get(5)?]);
+    Some(SocketAddrV4::new(ip, port))
+}
+
+/// The mapping an element of `map` encodes, and its target.
+fn parse_elem(map: &str, e: &Elem) -> Option<(PortMapping, SocketAddrV4)> {
+    let k = &e.key;
+    let (host_ip, rest) = if map == MAP_HOSTPORTS_IP {
+        (Some(Ipv4Addr::new(k[0], k[1], k[2], k[3])), k.get(4..)?)
+    } else {
+        (None, &k[..])
+    };
+    let proto = Proto::from_number(*rest.first()?)?;
+    let host_port = u16::from_be_bytes([*rest.get(4)?, *rest.get(5)?]);
+    let to = parse_target(e.data.as_deref()?)?;
+    Some((
+        PortMapping {
+            host_ip,
+            host_port,
+            container_port: to.port(),
+            proto,
+        },
+        to,
+    ))
+}
+
+impl NetworkFirewall {
+    fn err(&self, source: nl::Error) -> FirewallError {
+        FirewallError::Netlink {
+            table: self.table.clone(),
+            source,
+        }
+    }
+
+    fn validate(&self) -> Result<(), FirewallError> {
+        let bad = |field, value: &str, why| {
+            Err(FirewallError::Config {
+                field,
+                value: value.to_string(),
+                why,
+            })
+        };
+        if self.table.is_empty() || self.table.len() > 200 {
+            return bad("table", &self.table, "must be 1 to 200 bytes");
+        }
+        if self.bridge.is_empty() || self.bridge.len() > 15 {
+            return bad(
+                "bridge",
+                &self.bridge,
+                "must be an interface name (1 to 15 bytes)",
+            );
+        }
+        if self.table.contains('\0') || self.bridge.contains('\0') {
+            return bad("table/bridge", &self.bridge, "must not contain NUL");
+        }
+        Ok(())
+    }
+
+    fn map(&self, name: &str) -> Set {
+        if name == MAP_HOSTPORTS_IP {
+            rules::map_hostports_ip(&self.table)
+        } else {
+            rules::map_hostports_any(&self.table)
+        }
+    }
+
+    /// Creates (or repairs) the table, chains, maps and this network's rules, in one
+    /// transaction. When everything is in place it only reads (two netlink requests).
+    pub fn ensure(&self) -> Result<(), FirewallError> {
+        self.validate()?;
+        let mut sock = Socket::open().map_err(|e| self.err(e))?;
+        let mut last = None;
+        for _ in 0..RETRIES {
+            match self.ensure_once(&mut sock) {
+                Err(e) if e.errno() == Some(libc::ERESTART) => {
+                    // Someone changed the ruleset between our read and our write (maybe a
+                    // parallel ensure); read again.
+                    last = Some(e);
+                }
+                r => return r.map_err(|e| self.err(e)),
+            }
+        }
+        Err(self.err(last.expect("loop ran")))
+    }
+
+    fn ensure_once(&self, sock: &mut Socket) -> Result<(), nl::Error> {
+        let genid = sock.genid()?;
+        let existing = match sock.list_rules(Family::Ip, &self.table, None) {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let wanted = rules::rules(&self.table, &self.bridge, self.subnet, self.masquerade);
+        let mut by_chain: BTreeMap<&str, (Vec<&Rule>, Vec<&Rule>)> = BTreeMap::new();
+        for r in &wanted {
+            by_chain.entry(&r.chain).or_default().1.push(r);
+        }
+        for r in &existing {
+            if rules::owned(r.comment.as_deref(), &self.bridge) {
+                if let Some(e) = by_chain.get_mut(r.chain.as_str()) {
+                    e.0.push(r);
+                }
+            }
+        }
+        let same = |a: &&Rule, b: &&Rule| a.comment == b.comment && a.exprs == b.exprs;
+        let stale: Vec<_> = by_chain
+            .values()
+            .filter(|(have, want)| {
+                have.len() != want.len() || !have.iter().zip(want.iter()).all(|(a, b)| same(a, b))
+            })
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let mut msgs: Vec<Msg> = vec![rules::table(&self.table).add_msg()];
+        msgs.extend(
+            rules::chains(&self.table, &self.bridge)
+                .iter()
+                .map(|c| c.add_msg()),
+        );
+        msgs.push(rules::map_hostports_ip(&self.table).add_msg(1));
+        msgs.push(rules::map_hostports_any(&self.table).add_msg(2));
+        for (have, want) in stale {
+            msgs.extend(have.iter().map(|r| r.del_msg()));
+            msgs.extend(want.iter().map(|r| r.add_msg()));
+        }
+        sock.commit(&msgs, Some(genid))
+    }
+
+    fn check_mapping(m: &PortMapping) -> Result<(), FirewallError> {
+        let why = if m.host_port == 0 {
+            "hostPort must not be 0"
+        } else if m.container_port == 0 {
+            "containerPort must not be 0"
+        } else if m.host_ip.is_some_and(|ip| ip.is_unspecified()) {
+            "hostIP 0.0.0.0 means any address: leave it out"
+        } else {
+            return Ok(());
+        };
+        Err(FirewallError::InvalidMapping {
+            mapping: m.clone(),
+            why,
+        })
+    }
+
+    /// Programs the pod's port mappings (map elements only, one transaction). Without
+    /// mappings this returns at once. A host port already mapped to another target is
+    /// [`FirewallError::PortInUse`]; the same mapping again is fine.
+    pub fn add_pod(&self, ip: Ipv4Addr, mappings: &[PortMapping]) -> Result<(), FirewallError> {
+        if mappings.is_empty() {
+            return Ok(());
+        }
+        self.validate()?;
+        mappings.iter().try_for_each(Self::check_mapping)?;
+        let mut per_map: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
+        for m in mappings {
+            let (map, key) = key_and_map(m);
+            per_map.entry(map).or_default().push(Elem {
+                key,
+                data: Some(target(ip, m.container_port)),
+            });
+        }
+        let msgs: Vec<Msg> = per_map
+            .iter()
+            .map(|(map, elems)| self.map(map).add_elems_msg(elems))
+            .collect();
+        let mut sock = Socket::open().map_err(|e| self.err(e))?;
+        match sock.commit(&msgs, None) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.errno(), Some(libc::EBUSY | libc::EEXIST)) => {
+                // An element with this key and another target exists: say which.
+                for m in mappings {
+                    let (map, key) = key_and_map(m);
+                    if let Ok(Some(found)) = sock.get_elem(&self.map(map), &key) {
+                        let other = found.data.as_deref().and_then(parse_target);
+                        if let Some(other) = other {
+                            if other != SocketAddrV4::new(ip, m.container_port) {
+                                return Err(FirewallError::PortInUse {
+                                    mapping: m.clone(),
+                                    other,
+                                });
+                            }
+                        }
+                    }
+                }
+                Err(self.err(e))
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Removes the pod's mappings: only elements that still point at `ip` and the
+    /// mapping's container port; missing ones are skipped. No traffic without mappings.
+    pub fn remove_pod(&self, ip: Ipv4Addr, mappings: &[PortMapping]) -> Result<(), FirewallError> {
+        if mappings.is_empty() {
+            return Ok(());
+        }
+        self.validate()?;
+        let mut sock = Socket::open().map_err(|e| self.err(e))?;
+        let mut last = None;
+        for _ in 0..RETRIES {
+            let mut per_map: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
+            for m in mappings {
+                let (map, key) = key_and_map(m);
+                let found = match sock.get_elem(&self.map(map), &key) {
+                    Ok(f) => f,
+                    // No table or map: nothing to remove.
+                    Err(e) if e.is_not_found() => None,
+                    Err(e) => return Err(self.err(e)),
+                };
+                let ours = found
+                    .as_ref()
+                    .and_then(|f| f.data.as_deref())
+                    .and_then(parse_target)
+                    == Some(SocketAddrV4::new(ip, m.container_port));
+                if ours {
+                    per_map
+                        .entry(map)
+                        .or_default()
+                        .push(Elem { key, data: None });
+                }
+            }
+            let msgs: Vec<Msg> = per_map
+                .iter()
+                .map(|(map, elems)| self.map(map).del_elems_msg(elems))
+                .collect();
+            match sock.commit(&msgs, None) {
+                // Removed concurrently between our read and our delete: read again.
+                Err(e) if e.is_not_found() => last = Some(e),
+                r => return r.map_err(|e| self.err(e)),
+            }
+        }
+        Err(self.err(last.expect("loop ran")))
+    }
+
+    fn all_mappings(
+        &self,
+        sock: &mut Socket,
+    ) -> Result<Vec<(&'static str, Elem, PortMapping, SocketAddrV4)>, FirewallError> {
+        let mut out = Vec::new();
+        for map in [MAP_HOSTPORTS_IP, MAP_HOSTPORTS_ANY] {
+            let elems = match sock.list_elems(&self.map(map)) {
+                Ok(e) => e,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(self.err(e)),
+            };
+            for e in elems {
+                if let Some((m, to)) = parse_elem(map, &e) {
+                    out.push((map, e, m, to));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The mappings currently programmed that target `ip` (for CNI CHECK).
+    pub fn pod_mappings(&self, ip: Ipv4Addr) -> Result<Vec<PortMapping>, FirewallError> {
+        self.validate()?;
+        let mut sock = Socket::open().map_err(|e| self.err(e))?;
+        let mut v: Vec<PortMapping> = self
+            .all_mappings(&mut sock)?
+            .into_iter()
+            .filter(|(_, _, _, to)| *to.ip() == ip)
+            .map(|(_, _, m, _)| m)
+            .collect();
+        v.sort_by_key(|m| (m.host_ip, m.host_port, m.proto, m.container_port));
+        Ok(v)
+    }
+
+    /// Removes every mapping whose target address is not in `keep` (CNI GC), in one
+    /// transaction. Returns how many were removed.
+    pub fn retain_pods(&self, keep: &[Ipv4Addr]) -> Result<usize, FirewallError> {
+        self.validate()?;
+        let mut sock = Socket::open().map_err(|e| self.err(e))?;
+        let mut last = None;
+        for _ in 0..RETRIES {
+            let mut per_map: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
+            for (map, e, _, to) in self.all_mappings(&mut sock)? {
+                if !keep.contains(to.ip()) {
+                    per_map.entry(map).or_default().push(Elem {
+                        key: e.key,
+                        data: None,
+                    });
+                }
+            }
+            let n = per_map.values().map(Vec::len).sum();
+            let msgs: Vec<Msg> = per_map
+                .iter()
+                .map(|(map, elems)| self.map(map).del_elems_msg(elems))
+                .collect();
+            match sock.commit(&msgs, None) {
+                Err(e) if e.is_not_found() => last = Some(e),
+                r => return r.map(|()| n).map_err(|e| self.err(e)),
+            }
+        }
+        Err(self.err(last.expect("loop ran")))
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
