@@ -6,6 +6,7 @@
 //! - [`compiled`]: the compiled model (nf_tables elements) and the diff between two.
 //! - [`reconcile`]: event in, element diff out, touching only the affected pods.
 //! - [`controller`]: reflector stores + reconciler + an [`controller::Enforcer`].
+//! - [`nft`]: the enforcer: sets, chains and element transactions in kincnet's table.
 //! - [`testkit`]: topology, upstream conformance scenarios and reachability matrices.
 
 pub mod boxes;
@@ -13,6 +14,7 @@ pub mod compile;
 pub mod compiled;
 pub mod controller;
 pub mod model;
+pub mod nft;
 pub mod reconcile;
 pub mod selector;
 pub mod testkit;
