@@ -6,6 +6,7 @@
 //! - [`compiled`]: the compiled model (nf_tables elements) and the diff between two.
 //! - [`reconcile`]: event in, element diff out, touching only the affected pods.
 //! - [`controller`]: reflector stores + reconciler + an [`controller::Enforcer`].
+//! - [`runner`]: the loop over kube-rs watchers, the resync timer and the status file.
 //! - [`nft`]: the enforcer: sets, chains and element transactions in kincnet's table.
 //! - [`testkit`]: topology, upstream conformance scenarios and reachability matrices.
 
@@ -16,6 +17,7 @@ pub mod controller;
 pub mod model;
 pub mod nft;
 pub mod reconcile;
+pub mod runner;
 pub mod selector;
 pub mod testkit;
 
