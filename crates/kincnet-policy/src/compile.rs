@@ -7,7 +7,7 @@
 //! `local pod ip . peer ip range . l4proto range . port range`. The data path then does
 //! one lookup per direction, whatever the number of policies or pods.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -36,6 +36,12 @@ impl fmt::Display for Warning {
 
 fn policy_subject(k: &ObjKey) -> String {
     format!("networkpolicy {k}")
+}
+
+/// Selector peers resolved once per compile batch: many pods share the same policies.
+#[derive(Default)]
+pub struct PeerCache<'a> {
+    map: HashMap<(&'a ObjKey, Direction, usize, usize), Vec<&'a PodInfo>>,
 }
 
 /// The watched objects, parsed, with the indexes the compiler and the reconcile need.
@@ -119,19 +125,17 @@ impl Cluster {
         })
     }
 
-    fn range_ns<'a, V>(
-        map: &'a BTreeMap<ObjKey, V>,
-        ns: &'a str,
-    ) -> impl Iterator<Item = &'a V> + 'a {
-        map.range(ObjKey::new(ns, "")..)
+    fn range_ns<'a, V>(map: &'a BTreeMap<ObjKey, V>, ns: &str) -> impl Iterator<Item = &'a V> + 'a {
+        let ns = ns.to_string();
+        map.range(ObjKey::new(ns.clone(), "")..)
             .take_while(move |(k, _)| k.ns == ns)
             .map(|(_, v)| v)
     }
 
-    pub fn pods_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
+    pub fn pods_in<'a>(&'a self, ns: &str) -> impl Iterator<Item = &'a PodInfo> + 'a {
         Self::range_ns(&self.pods, ns)
     }
-    pub fn policies_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a PolicyInfo> + 'a {
+    pub fn policies_in<'a>(&'a self, ns: &str) -> impl Iterator<Item = &'a PolicyInfo> + 'a {
         Self::range_ns(&self.policies, ns)
     }
 
@@ -183,18 +187,24 @@ impl Cluster {
                 namespaces: NsSel::Matching(nsel),
                 pods,
             } => {
-                // Namespaces known only through their pods still have their name label.
-                let mut names: BTreeSet<&str> =
-                    self.namespaces.keys().map(String::as_str).collect();
-                names.extend(self.pods.keys().map(|k| k.ns.as_str()));
-                for ns in names {
-                    if !nsel.matches(&self.ns_labels(ns)) {
-                        continue;
+                // Pods are ordered by namespace: judge each namespace once, in one pass.
+                let mut current: Option<(&str, bool)> = None;
+                for p in self.pods.values() {
+                    let ns_ok = match current {
+                        Some((ns, ok)) if ns == p.key.ns => ok,
+                        _ => {
+                            let ok = match self.namespaces.get(&p.key.ns) {
+                                Some(l) => nsel.matches(l),
+                                // Namespaces known only through their pods: name label only.
+                                None => nsel.matches(&self.ns_labels(&p.key.ns)),
+                            };
+                            current = Some((&p.key.ns, ok));
+                            ok
+                        }
+                    };
+                    if ns_ok && p.ip.is_some() && pods.matches(&p.labels) {
+                        out.push(p);
                     }
-                    out.extend(
-                        self.pods_in(ns)
-                            .filter(|p| p.ip.is_some() && pods.matches(&p.labels)),
-                    );
                 }
             }
             Peer::Block(_) | Peer::Nothing => {}
@@ -204,6 +214,16 @@ impl Cluster {
 
     /// The allow rules of one pod: `None` per direction when no policy isolates it.
     pub fn compile_pod(&self, pod: &PodInfo, warnings: &mut Vec<Warning>) -> PodRules {
+        self.compile_pod_with(pod, warnings, &mut PeerCache::default())
+    }
+
+    /// [`Cluster::compile_pod`] sharing resolved peers with other pods of one batch.
+    pub fn compile_pod_with<'a>(
+        &'a self,
+        pod: &PodInfo,
+        warnings: &mut Vec<Warning>,
+        cache: &mut PeerCache<'a>,
+    ) -> PodRules {
         let mut rules = PodRules::default();
         if pod.ip.is_none() {
             return rules;
@@ -219,8 +239,13 @@ impl Cluster {
                     continue;
                 };
                 isolated = true;
-                for rule in pol_rules {
-                    self.rule_boxes(pol, rule, dir, pod, &mut boxes, warnings);
+                for (ri, rule) in pol_rules.iter().enumerate() {
+                    let at = RuleAt {
+                        pol,
+                        dir,
+                        index: ri,
+                    };
+                    self.rule_boxes(at, rule, pod, &mut boxes, warnings, cache);
                 }
             }
             if !isolated {
@@ -238,15 +263,16 @@ impl Cluster {
         rules
     }
 
-    fn rule_boxes(
-        &self,
-        pol: &PolicyInfo,
-        rule: &Rule,
-        dir: Direction,
+    fn rule_boxes<'a>(
+        &'a self,
+        at: RuleAt<'a>,
+        rule: &'a Rule,
         local: &PodInfo,
         out: &mut Vec<Box3>,
         warnings: &mut Vec<Warning>,
+        cache: &mut PeerCache<'a>,
     ) {
+        let (pol, dir) = (at.pol, at.dir);
         let mut spans: Vec<Span> = Vec::new();
         let mut peer_pods: Vec<&PodInfo> = Vec::new();
         // Address spans that are not selector peers, for egress named-port resolution.
@@ -257,10 +283,14 @@ impl Cluster {
                 block_spans.push(ALL_ADDRS);
             }
             Some(peers) => {
-                for peer in peers {
+                for (pi, peer) in peers.iter().enumerate() {
                     match peer {
                         Peer::Pods { .. } => {
-                            for p in self.peer_pods(pol, peer) {
+                            let resolved = cache
+                                .map
+                                .entry((&pol.key, dir, at.index, pi))
+                                .or_insert_with(|| self.peer_pods(pol, peer));
+                            for &p in resolved.iter() {
                                 let ip = u64::from(u32::from(p.ip.expect("peer_pods has ip")));
                                 spans.push((ip, ip));
                                 peer_pods.push(p);
@@ -344,6 +374,7 @@ impl Cluster {
     pub fn compile(&self) -> (Compiled, Vec<Warning>) {
         let mut warnings = Vec::new();
         let mut out = Compiled::default();
+        let mut cache = PeerCache::default();
         for (ip, keys) in &self.by_ip {
             if keys.len() > 1 {
                 warnings.push(Warning {
@@ -358,7 +389,7 @@ impl Cluster {
                 });
             }
             if let Some(pod) = self.owner_of(*ip) {
-                out.set(*ip, self.compile_pod(pod, &mut warnings));
+                out.set(*ip, self.compile_pod_with(pod, &mut warnings, &mut cache));
             }
         }
         for pol in self.policies.values() {
@@ -371,6 +402,14 @@ impl Cluster {
         warnings.dedup();
         (out, warnings)
     }
+}
+
+/// Where a rule sits: its policy, direction and index (the peer cache's key).
+#[derive(Clone, Copy)]
+struct RuleAt<'a> {
+    pol: &'a PolicyInfo,
+    dir: Direction,
+    index: usize,
 }
 
 pub fn proto_name(p: u8) -> String {

@@ -13,8 +13,8 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use crate::compile::{Cluster, Warning};
-use crate::compiled::{diff, diff_pod, Compiled, Diff};
+use crate::compile::{Cluster, PeerCache, Warning};
+use crate::compiled::{diff, diff_pod, Compiled, Diff, PodRules};
 use crate::model::{namespace_labels, Direction, Peer, PodInfo, PolicyInfo, PortSel};
 use crate::selector::Labels;
 
@@ -232,13 +232,22 @@ impl Reconciler {
     }
 
     fn recompute(&mut self, ips: BTreeSet<Ipv4Addr>) -> Diff {
+        let mut cache = PeerCache::default();
+        let fresh: Vec<(Ipv4Addr, PodRules, Vec<Warning>)> = ips
+            .into_iter()
+            .map(|ip| {
+                let mut warnings = Vec::new();
+                let rules = match self.cluster.owner_of(ip) {
+                    Some(pod) => self
+                        .cluster
+                        .compile_pod_with(pod, &mut warnings, &mut cache),
+                    None => PodRules::default(),
+                };
+                (ip, rules, warnings)
+            })
+            .collect();
         let mut d = Diff::default();
-        for ip in ips {
-            let mut warnings = Vec::new();
-            let new = match self.cluster.owner_of(ip) {
-                Some(pod) => self.cluster.compile_pod(pod, &mut warnings),
-                None => Default::default(),
-            };
+        for (ip, new, warnings) in fresh {
             let old = self.programmed.get(ip);
             if old != new {
                 diff_pod(ip, &old, &new, &mut d);
