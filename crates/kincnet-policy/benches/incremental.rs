@@ -65,6 +65,19 @@ fn policy_obj(k: usize) -> NetworkPolicy {
     }))
 }
 
+/// A policy that opens something new: a /24 to the pods of one namespace.
+fn new_policy(i: usize) -> NetworkPolicy {
+    let n = i % NAMESPACES;
+    policy(json!({
+        "metadata": { "namespace": format!("ns{n}"), "name": format!("extra{i}") },
+        "spec": {
+            "podSelector": {},
+            "ingress": [{ "from": [{ "ipBlock": { "cidr": format!("172.16.{i}.0/24") } }],
+                          "ports": [{ "port": 9000 + i as i32 }] }]
+        }
+    }))
+}
+
 fn cluster() -> (Vec<Namespace>, Vec<Pod>, Vec<NetworkPolicy>) {
     let nss = (0..NAMESPACES)
         .map(|n| {
@@ -183,7 +196,9 @@ fn main() {
         (
             "pod added",
             Box::new(move |r, i, undo| {
-                let p = pod_obj(extra + i, i % APPS);
+                // Lands in a namespace whose policies select it and name it as a peer.
+                let n = extra + i;
+                let p = pod_obj(n, (n % NAMESPACES) % APPS);
                 if undo {
                     r.pod(Change::Delete(p))
                 } else {
@@ -202,7 +217,7 @@ fn main() {
         (
             "policy added",
             Box::new(|r, i, undo| {
-                let p = policy_obj(POLICIES + i);
+                let p = new_policy(i);
                 if undo {
                     r.policy(Change::Delete(p))
                 } else {

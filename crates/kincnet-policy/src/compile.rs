@@ -251,6 +251,9 @@ impl Cluster {
             if !isolated {
                 continue;
             }
+            // Policies often repeat each other; identical boxes add nothing.
+            boxes.sort_unstable();
+            boxes.dedup();
             let elems: BTreeSet<AllowElem> = canonical(&boxes)
                 .into_iter()
                 .map(AllowElem::from_box)
