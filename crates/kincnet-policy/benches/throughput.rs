@@ -1,0 +1,142 @@
+//! TCP throughput between two pods on a real bridge (iperf3, 3 s each): with no policy,
+//! with 200 policies that allow the pair, and with the pair's allow in the last of the
+//! 200 policies. Needs root and iperf3; prints a skip otherwise.
+//!
+//! `cargo bench -p kincnet-policy --bench throughput`
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{enter, run, Netns};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kincnet_policy::nft::NftEnforcer;
+use kincnet_policy::testkit::{namespace, pod, policy};
+use kincnet_policy::{Enforcer, Reconciler};
+use serde_json::json;
+
+const TABLE: &str = "kincbench";
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// 200 policies selecting the server (app=srv). Policy k allows `peer(k)`; the pair's
+/// client is allowed by policy `client_at` only (199 = matched last, in rule terms).
+fn policies(client: Ipv4Addr, client_at: usize) -> Vec<NetworkPolicy> {
+    (0..200)
+        .map(|k| {
+            let peer = if k == client_at {
+                client
+            } else {
+                // Every other address, so the compiler cannot merge them into one range.
+                Ipv4Addr::new(10, 214, 1, (2 * k + 1) as u8)
+            };
+            policy(json!({
+                "metadata": { "namespace": "bench", "name": format!("pol{k:03}") },
+                "spec": {
+                    "podSelector": { "matchLabels": { "app": "srv" } },
+                    "ingress": [{ "from": [{ "ipBlock": { "cidr": format!("{peer}/32") } }],
+                                  "ports": [{ "port": 5201 }] }]
+                }
+            }))
+        })
+        .collect()
+}
+
+fn iperf(client: &Netns, server_ip: Ipv4Addr) -> f64 {
+    let out = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &client.name,
+            "iperf3",
+            "-c",
+            &server_ip.to_string(),
+            "-t",
+            "3",
+            "-J",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 -J");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bits_per_second")
+        / 1e9
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || kinc_testutil::which("iperf3").is_none() {
+        println!("SKIP throughput: needs root and iperf3");
+        return;
+    }
+    let pid = std::process::id() % 100_000;
+    let node = Netns::new(format!("kpolb{pid}-node"));
+    let br = format!("kpbb{pid}");
+    node.ip(&["link", "add", &br, "type", "bridge"]);
+    node.ip(&["addr", "add", "10.214.0.1/24", "dev", &br]);
+    node.ip(&["link", "set", &br, "up"]);
+    node.exec(
+        "sysctl",
+        &["-q", "-w", "net.bridge.bridge-nf-call-iptables=1"],
+    );
+    let (cip, sip) = (Ipv4Addr::new(10, 214, 0, 10), Ipv4Addr::new(10, 214, 0, 11));
+    let mut pods = Vec::new();
+    for (i, ip) in [cip, sip].iter().enumerate() {
+        let ns = Netns::new(format!("kpolb{pid}-p{i}"));
+        let host = format!("kpvb{pid}h{i}");
+        node.ip(&[
+            "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
+        node.ip(&["link", "set", &host, "master", &br, "up"]);
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        pods.push(ns);
+    }
+    let server = Server(
+        Command::new("ip")
+            .args(["netns", "exec", &pods[1].name, "iperf3", "-s"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("iperf3 -s"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    enter(&node.file());
+    let mut enf = NftEnforcer::new(TABLE);
+    let nss = [namespace("bench", &[])];
+    let objs = [
+        pod("bench", "cli", cip, &[("app", "cli")], &[]),
+        pod("bench", "srv", sip, &[("app", "srv")], &[(6, 5201)]),
+    ];
+    let mut results = Vec::new();
+    for (name, pols) in [
+        ("no policy", vec![]),
+        ("200 policies, pair allowed first", policies(cip, 0)),
+        ("200 policies, pair allowed last", policies(cip, 199)),
+    ] {
+        let mut r = Reconciler::new();
+        r.resync(nss.iter(), objs.iter(), pols.iter());
+        enf.replace_all(r.programmed()).expect("program nf_tables");
+        let elems = r.programmed().element_count();
+        let gbps = iperf(&pods[0], sip);
+        results.push((name, elems, gbps));
+    }
+    let base = results[0].2;
+    println!(
+        "{:<34} {:>9} {:>10} {:>9}",
+        "configuration", "elements", "Gbit/s", "vs none"
+    );
+    for (name, elems, g) in &results {
+        println!("{name:<34} {elems:>9} {g:>10.2} {:>8.1}%", g / base * 100.0);
+    }
+    drop(server);
+}

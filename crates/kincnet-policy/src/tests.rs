@@ -1,0 +1,423 @@
+//! Compiler and reconcile tests over the conformance scenarios and element tables.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::watcher;
+use serde_json::json;
+
+use crate::controller::{Controller, Event, Recording};
+use crate::model::{PROTO_TCP, PROTO_UDP};
+use crate::testkit::{self, policy, Matrix, Step, Topology};
+use crate::{AllowElem, Compiled};
+
+fn topo() -> Topology {
+    Topology::new(|i| Ipv4Addr::new(10, 244, 0, 10 + i as u8))
+}
+
+/// A controller fed the topology's base objects as an initial list.
+fn controller(t: &Topology) -> Controller<Recording> {
+    let mut c = Controller::new(Recording::default());
+    let (nss, pods) = t.base_objects();
+    c.handle(Event::Namespace(watcher::Event::Init)).unwrap();
+    for ns in nss {
+        c.handle(Event::Namespace(watcher::Event::InitApply(ns)))
+            .unwrap();
+    }
+    c.handle(Event::Pod(watcher::Event::Init)).unwrap();
+    for p in pods {
+        c.handle(Event::Pod(watcher::Event::InitApply(p))).unwrap();
+    }
+    c.handle(Event::Namespace(watcher::Event::InitDone))
+        .unwrap();
+    c.handle(Event::Pod(watcher::Event::InitDone)).unwrap();
+    c.handle(Event::Policy(watcher::Event::Init)).unwrap();
+    c.handle(Event::Policy(watcher::Event::InitDone)).unwrap();
+    assert!(c.synced());
+    c
+}
+
+fn step_event(s: Step, t: &Topology) -> Event {
+    match s {
+        Step::ApplyPolicy(p) => Event::Policy(watcher::Event::Apply(p)),
+        Step::DeletePolicy { ns, name } => Event::Policy(watcher::Event::Delete(policy(json!({
+            "metadata": { "namespace": ns, "name": name }
+        })))),
+        Step::ApplyPod(p) => Event::Pod(watcher::Event::Apply(p)),
+        Step::DeletePod { ns, name } => Event::Pod(watcher::Event::Delete(
+            t.pod_object(&format!("{ns}/{name}"), None),
+        )),
+        Step::ApplyNamespace(n) => Event::Namespace(watcher::Event::Apply(n)),
+    }
+}
+
+fn matrix_of(t: &Topology, m: &Compiled) -> Matrix {
+    Matrix::build(t, |from, to, proto, port| {
+        m.allows(from.ip, to.ip, proto, port)
+    })
+}
+
+/// What a full compile of the stores gives: incremental updates must converge to it.
+fn full_compile(c: &Controller<Recording>) -> Compiled {
+    let (pods, nss, pols) = c.stores();
+    let mut r = crate::Reconciler::new();
+    let (a, b, p) = (nss.state(), pods.state(), pols.state());
+    r.resync(
+        a.iter().map(|x| x.as_ref()),
+        b.iter().map(|x| x.as_ref()),
+        p.iter().map(|x| x.as_ref()),
+    );
+    r.programmed().clone()
+}
+
+#[test]
+fn every_conformance_scenario_gives_the_expected_matrix() {
+    let t = topo();
+    let mut failures = Vec::new();
+    let scenarios = testkit::scenarios();
+    assert!(scenarios.len() >= 15);
+    for s in &scenarios {
+        let mut c = controller(&t);
+        for step in (s.steps)(&t) {
+            c.handle(step_event(step, &t)).unwrap();
+        }
+        let model = &c.enforcer().model;
+        assert_eq!(
+            model,
+            c.reconciler().programmed(),
+            "{}: enforcer model",
+            s.name
+        );
+        assert_eq!(model, &full_compile(&c), "{}: incremental != full", s.name);
+        let want = Matrix::expected(&t, s);
+        let got = matrix_of(&t, model);
+        if want != got {
+            failures.push(format!(
+                "scenario {:?}\nexpected:\n{want}got:\n{got}{}",
+                s.name,
+                want.differences(&got).join("\n")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn undoing_a_scenario_returns_to_no_elements() {
+    let t = topo();
+    for s in testkit::scenarios() {
+        let mut c = controller(&t);
+        let steps = (s.steps)(&t);
+        for step in steps.clone() {
+            c.handle(step_event(step, &t)).unwrap();
+        }
+        for step in steps {
+            match step {
+                Step::ApplyPolicy(p) => {
+                    c.handle(Event::Policy(watcher::Event::Delete(p))).unwrap();
+                }
+                Step::ApplyPod(p) => {
+                    let id = format!(
+                        "{}/{}",
+                        p.metadata.namespace.unwrap(),
+                        p.metadata.name.unwrap()
+                    );
+                    c.handle(Event::Pod(watcher::Event::Apply(t.pod_object(&id, None))))
+                        .unwrap();
+                }
+                Step::ApplyNamespace(n) => {
+                    let name = n.metadata.name.unwrap();
+                    c.handle(Event::Namespace(watcher::Event::Apply(testkit::namespace(
+                        &name,
+                        &[("ns", &name)],
+                    ))))
+                    .unwrap();
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(c.enforcer().model, Compiled::default(), "{}", s.name);
+    }
+}
+
+fn ip(t: &Topology, id: &str) -> Ipv4Addr {
+    t.get(id).ip
+}
+
+fn elem(lo: Ipv4Addr, hi: Ipv4Addr, proto: (u8, u8), port: (u16, u16)) -> AllowElem {
+    AllowElem {
+        peer_lo: lo,
+        peer_hi: hi,
+        proto_lo: proto.0,
+        proto_hi: proto.1,
+        port_lo: port.0,
+        port_hi: port.1,
+    }
+}
+
+fn np(name: &str, spec: serde_json::Value) -> NetworkPolicy {
+    policy(json!({ "metadata": { "namespace": "x", "name": name }, "spec": spec }))
+}
+
+fn apply(c: &mut Controller<Recording>, p: NetworkPolicy) -> crate::Diff {
+    c.handle(Event::Policy(watcher::Event::Apply(p)))
+        .unwrap()
+        .unwrap_or_default()
+}
+
+#[test]
+fn element_table() {
+    let t = topo();
+    let xa = ip(&t, "x/a");
+    let all_v4 = (Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::new(255, 255, 255, 255));
+    let cases: Vec<(&str, serde_json::Value, BTreeSet<AllowElem>)> = vec![
+        (
+            "deny all ingress",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } } }),
+            BTreeSet::new(),
+        ),
+        (
+            "allow all ingress",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } }, "ingress": [{}] }),
+            [elem(all_v4.0, all_v4.1, (0, 255), (0, 65535))].into(),
+        ),
+        (
+            "y/b on tcp/80 (default protocol)",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                    "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "ns": "y" } },
+                                             "podSelector": { "matchLabels": { "pod": "b" } } }],
+                                  "ports": [{ "port": 80 }] }] }),
+            [elem(ip(&t, "y/b"), ip(&t, "y/b"), (6, 6), (80, 80))].into(),
+        ),
+        (
+            "namespace y: three adjacent pods merge into one range",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                    "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "ns": "y" } } }],
+                                  "ports": [{ "port": 81, "protocol": "UDP" }] }] }),
+            [elem(ip(&t, "y/a"), ip(&t, "y/c"), (17, 17), (81, 81))].into(),
+        ),
+        (
+            "ipBlock with except splits the block",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                    "ingress": [{ "from": [{ "ipBlock": { "cidr": "10.244.0.0/24", "except": ["10.244.0.16/30"] } }],
+                                  "ports": [{ "port": 80, "endPort": 90 }] }] }),
+            [
+                elem(
+                    Ipv4Addr::new(10, 244, 0, 0),
+                    Ipv4Addr::new(10, 244, 0, 15),
+                    (6, 6),
+                    (80, 90),
+                ),
+                elem(
+                    Ipv4Addr::new(10, 244, 0, 20),
+                    Ipv4Addr::new(10, 244, 0, 255),
+                    (6, 6),
+                    (80, 90),
+                ),
+            ]
+            .into(),
+        ),
+        (
+            "named port resolved against the selected pod",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                    "ingress": [{ "ports": [{ "port": "serve-53-udp", "protocol": "UDP" }] }] }),
+            [elem(all_v4.0, all_v4.1, (17, 17), (53, 53))].into(),
+        ),
+        (
+            "named port with the wrong protocol resolves to nothing",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                    "ingress": [{ "ports": [{ "port": "serve-53-udp" }] }] }),
+            BTreeSet::new(),
+        ),
+        (
+            "overlapping rules are written disjoint",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                    "ingress": [
+                        { "from": [{ "podSelector": { "matchLabels": { "pod": "b" } } }], "ports": [{ "port": 80 }] },
+                        { "from": [{ "ipBlock": { "cidr": "10.244.0.0/28" } }] } ] }),
+            // x/b is 10.244.0.11, inside the /28: the whole /28 with every port covers it.
+            [elem(
+                Ipv4Addr::new(10, 244, 0, 0),
+                Ipv4Addr::new(10, 244, 0, 15),
+                (0, 255),
+                (0, 65535),
+            )]
+            .into(),
+        ),
+    ];
+    for (name, spec, want) in cases {
+        let mut c = controller(&t);
+        apply(&mut c, np("p", spec));
+        let m = &c.enforcer().model;
+        assert_eq!(m.ingress.get(&xa), Some(&want), "case {name}");
+        assert!(m.egress.is_empty(), "case {name}: no egress isolation");
+        assert_eq!(m.ingress.len(), 1, "case {name}: only x/a isolated");
+    }
+}
+
+#[test]
+fn label_change_and_deletions_are_element_updates() {
+    let t = topo();
+    let mut c = controller(&t);
+    let xa = ip(&t, "x/a");
+    let d = apply(
+        &mut c,
+        np(
+            "from-b",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                    "ingress": [{ "from": [{ "podSelector": { "matchLabels": { "pod": "b" } } }],
+                                  "ports": [{ "port": 80 }] }] }),
+        ),
+    );
+    assert_eq!(d.ingress.isolate, vec![xa]);
+    let xb = ip(&t, "x/b");
+    let e_b = elem(xb, xb, (PROTO_TCP, PROTO_TCP), (80, 80));
+    assert_eq!(d.ingress.add, vec![(xa, e_b)]);
+
+    // x/c takes label pod=b: one element replaced (the range now covers .11-.12).
+    let xc = ip(&t, "x/c");
+    let d = c
+        .handle(Event::Pod(watcher::Event::Apply(
+            t.pod_object("x/c", Some(&[("pod", "b")])),
+        )))
+        .unwrap()
+        .unwrap();
+    let e_bc = elem(xb, xc, (PROTO_TCP, PROTO_TCP), (80, 80));
+    assert_eq!(d.ingress.remove, vec![(xa, e_b)]);
+    assert_eq!(d.ingress.add, vec![(xa, e_bc)]);
+    assert!(d.ingress.isolate.is_empty() && d.egress.is_empty());
+
+    // A status-only update of a pod is no change at all.
+    let mut same = t.pod_object("x/c", Some(&[("pod", "b")]));
+    same.status.as_mut().unwrap().message = Some("restarted".into());
+    let d = c
+        .handle(Event::Pod(watcher::Event::Apply(same)))
+        .unwrap()
+        .unwrap();
+    assert!(d.is_empty());
+
+    // Deleting x/b leaves x/c only.
+    let d = c
+        .handle(Event::Pod(watcher::Event::Delete(
+            t.pod_object("x/b", None),
+        )))
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.ingress.remove, vec![(xa, e_bc)]);
+    assert_eq!(d.ingress.add, vec![(xa, elem(xc, xc, (6, 6), (80, 80)))]);
+
+    // Deleting the selected pod removes its isolation and elements.
+    let d = c
+        .handle(Event::Pod(watcher::Event::Delete(
+            t.pod_object("x/a", None),
+        )))
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.ingress.unisolate, vec![xa]);
+    assert_eq!(d.ingress.remove.len(), 1);
+    assert_eq!(c.enforcer().model, Compiled::default());
+}
+
+#[test]
+fn policy_types_defaults() {
+    let t = topo();
+    let cases = [
+        (
+            "no types, no egress: ingress only",
+            json!({ "podSelector": {} }),
+            (true, false),
+        ),
+        (
+            "no types, egress rules: both",
+            json!({ "podSelector": {}, "egress": [{ "ports": [{ "port": 53, "protocol": "UDP" }] }] }),
+            (true, true),
+        ),
+        (
+            "no types, empty egress list: ingress only",
+            json!({ "podSelector": {}, "egress": [] }),
+            (true, false),
+        ),
+        (
+            "Egress only, ingress rules ignored",
+            json!({ "podSelector": {}, "policyTypes": ["Egress"], "ingress": [{}] }),
+            (false, true),
+        ),
+    ];
+    for (name, spec, (want_in, want_eg)) in cases {
+        let mut c = controller(&t);
+        apply(&mut c, np("p", spec));
+        let m = &c.enforcer().model;
+        assert_eq!(m.ingress.len(), if want_in { 3 } else { 0 }, "{name}");
+        assert_eq!(m.egress.len(), if want_eg { 3 } else { 0 }, "{name}");
+    }
+}
+
+#[test]
+fn inexpressible_entries_are_warned_with_the_policy_name_and_stay_closed() {
+    let t = topo();
+    let mut c = controller(&t);
+    apply(
+        &mut c,
+        np(
+            "odd",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                    "ingress": [{ "ports": [{ "port": 80, "protocol": "ICMPX" }, { "port": "nope" }] }] }),
+        ),
+    );
+    let w = c.status().warnings;
+    assert!(
+        w.iter()
+            .any(|w| w.contains("networkpolicy x/odd") && w.contains("ICMPX")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|w| w.contains("networkpolicy x/odd") && w.contains("\"nope\"")),
+        "{w:?}"
+    );
+    let m = &c.enforcer().model;
+    assert_eq!(m.ingress.get(&ip(&t, "x/a")), Some(&BTreeSet::new()));
+    assert!(!m.allows(ip(&t, "x/b"), ip(&t, "x/a"), PROTO_TCP, 80));
+    assert!(!m.allows(ip(&t, "x/b"), ip(&t, "x/a"), PROTO_UDP, 81));
+}
+
+#[test]
+fn pods_without_address_or_on_host_network_take_no_part() {
+    let t = topo();
+    let mut c = controller(&t);
+    apply(&mut c, np("deny", json!({ "podSelector": {} })));
+    let mut host = t.pod_object("x/a", None);
+    host.spec.as_mut().unwrap().host_network = Some(true);
+    c.handle(Event::Pod(watcher::Event::Apply(host))).unwrap();
+    assert!(!c.enforcer().model.ingress.contains_key(&ip(&t, "x/a")));
+    let mut pending = t.pod_object("x/b", None);
+    pending.status = None;
+    c.handle(Event::Pod(watcher::Event::Apply(pending)))
+        .unwrap();
+    assert_eq!(c.enforcer().model.ingress.len(), 1, "only x/c is left");
+}
+
+#[test]
+fn events_before_every_kind_is_listed_program_nothing() {
+    let t = topo();
+    let mut c = Controller::new(Recording::default());
+    c.handle(Event::Pod(watcher::Event::InitDone)).unwrap();
+    c.handle(Event::Pod(watcher::Event::Apply(t.pod_object("x/a", None))))
+        .unwrap();
+    c.handle(Event::Policy(watcher::Event::InitDone)).unwrap();
+    c.handle(Event::Policy(watcher::Event::Apply(np(
+        "deny",
+        json!({ "podSelector": {} }),
+    ))))
+    .unwrap();
+    assert_eq!(c.enforcer().transactions, 0);
+    assert!(!c.synced());
+    c.handle(Event::Namespace(watcher::Event::InitDone))
+        .unwrap();
+    assert!(c.synced());
+    assert_eq!(c.enforcer().transactions, 1, "one transaction at sync");
+    assert_eq!(c.enforcer().model.ingress.len(), 1);
+    assert_eq!(c.status().policies, 1);
+    assert!(c.status().last_sync.is_some());
+}
