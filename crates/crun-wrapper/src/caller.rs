@@ -76,18 +76,32 @@ impl IdMap {
 }
 
 impl fmt::Display for IdMap {
+    /// `0-65536` for podman's `0 1001 1` + `1 100000 65536`: adjacent ranges are joined.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
+        let mut spans: Vec<(u64, u64)> = self
+            .0
+            .iter()
+            .filter(|r| r.count > 0)
+            .map(|r| {
+                (
+                    u64::from(r.inside),
+                    u64::from(r.inside) + u64::from(r.count) - 1,
+                )
+            })
+            .collect();
+        spans.sort_unstable();
+        let mut joined: Vec<(u64, u64)> = Vec::new();
+        for (lo, hi) in spans {
+            match joined.last_mut() {
+                Some(last) if lo <= last.1 + 1 => last.1 = last.1.max(hi),
+                _ => joined.push((lo, hi)),
+            }
+        }
+        if joined.is_empty() {
             return write!(f, "none");
         }
-        for (i, r) in self.0.iter().enumerate() {
-            if i > 0 {
-                write!(f, ", ")?;
-            }
-            let last = u64::from(r.inside) + u64::from(r.count) - 1;
-            write!(f, "{}-{}", r.inside, last)?;
-        }
-        Ok(())
+        let text: Vec<String> = joined.iter().map(|(lo, hi)| format!("{lo}-{hi}")).collect();
+        write!(f, "{}", text.join(", "))
     }
 }
 
@@ -223,7 +237,8 @@ mod tests {
             IdMap::parse("         0       1001          1\n         1     100000      65536\n");
         assert_eq!(m.0.len(), 2);
         assert!(m.contains(0) && m.contains(65536) && !m.contains(65537));
-        assert_eq!(m.to_string(), "0-0, 1-65536");
+        assert_eq!(m.to_string(), "0-65536");
+        assert_eq!(IdMap::parse("5 0 1\n0 9 2").to_string(), "0-1, 5-5");
         assert_eq!(m.first_at_or_above(0), Some(0));
         assert_eq!(m.last_at_or_below(2147483647), Some(65536));
         assert_eq!(m.first_at_or_above(70000), None);
