@@ -1,0 +1,432 @@
+//! `cargo xtask hostvm e2e`: the end-to-end suite, every check a step of one VM boot.
+//!
+//! Each check is Rust code that runs *inside the guest* (`xtask hostvm guest-check NAME`,
+//! the agent binary is this binary), as root or as the test user in its systemd session.
+//! Checks that need a kinc binary run when its crate is in the workspace (it is built and
+//! carried into the guest); otherwise they are skipped with the reason printed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use super::agent::{Job, Step, StepResult};
+use super::build::{ensure_built, workspace_root};
+use super::config::CTL_MOUNT;
+use super::vm::{self, RunOptions};
+
+pub use super::e2e_checks::guest_check;
+
+/// A binary of the workspace that some checks need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binary {
+    /// Directory under `crates/`.
+    pub krate: &'static str,
+    pub bin: &'static str,
+}
+
+pub const KINC: Binary = Binary {
+    krate: "kinc",
+    bin: "kinc",
+};
+pub const CGROUP_SETUP: Binary = Binary {
+    krate: "cgroup-setup",
+    bin: "cgroup-setup",
+};
+pub const CRUN_WRAPPER: Binary = Binary {
+    krate: "crun-wrapper",
+    bin: "crun-wrapper",
+};
+pub const KINCNET: Binary = Binary {
+    krate: "kincnet",
+    bin: "kincnet",
+};
+/// Binaries the node stand-in carries when they exist (put in /usr/local/bin).
+pub const NODE_BINARIES: &[Binary] = &[CGROUP_SETUP, CRUN_WRAPPER, KINCNET];
+
+/// Where binaries are in the guest: `<ctl>/bin/NAME`.
+pub fn guest_bin(name: &str) -> String {
+    format!("{CTL_MOUNT}/bin/{name}")
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Check {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub as_user: bool,
+    pub needs: &'static [Binary],
+    pub reboot_after: bool,
+}
+
+const fn check(name: &'static str, about: &'static str, as_user: bool) -> Check {
+    Check {
+        name,
+        about,
+        as_user,
+        needs: &[],
+        reboot_after: false,
+    }
+}
+
+/// The suite, in order (later checks build on earlier ones: the drop-in, the node image).
+pub const CHECKS: &[Check] = &[
+    check(
+        "boot",
+        "multi-user.target reached, no failed unit, pure cgroup v2 with every controller",
+        false,
+    ),
+    check(
+        "delegation-default",
+        "user@1000.service delegates only cpu memory pids (trixie's default)",
+        false,
+    ),
+    Check {
+        needs: &[KINC],
+        ..check(
+            "kinc-doctor-before",
+            "kinc doctor names the missing cpuset and io and prints the drop-in",
+            true,
+        )
+    },
+    check(
+        "delegation-dropin",
+        "the delegate.conf drop-in makes cpuset and io appear for the user",
+        false,
+    ),
+    Check {
+        needs: &[KINC],
+        ..check(
+            "kinc-doctor-after",
+            "kinc doctor has no delegation finding once the drop-in is in place",
+            true,
+        )
+    },
+    check(
+        "podman-rootless",
+        "rootless podman 5: cgroup v2, systemd manager, crun, netavark, pasta",
+        true,
+    ),
+    check(
+        "node-image",
+        "podman import of the stand-in rootfs, plus a layer with the workspace binaries",
+        true,
+    ),
+    check(
+        "node-systemd",
+        "the stand-in runs systemd as PID 1 in a cgroup namespace (rw cgroup2, cpuset+io), \
+         writes the status file and answers HTTPS on 6443 published to 127.0.0.1",
+        true,
+    ),
+    Check {
+        needs: &[CGROUP_SETUP],
+        ..check(
+            "node-cgroup-setup",
+            "cgroup-setup in the node delegates every controller down to kubelet's cgroup root",
+            true,
+        )
+    },
+    Check {
+        reboot_after: true,
+        ..check(
+            "quadlet-start",
+            "a .container file becomes a unit via Quadlet, starts, runs systemd; then reboot",
+            true,
+        )
+    },
+    check(
+        "quadlet-after-reboot",
+        "after a reboot the Quadlet unit is active again by itself; then it is removed",
+        true,
+    ),
+];
+
+#[derive(Debug, clap::Args)]
+pub struct E2eArgs {
+    /// Run only the checks whose name contains this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub only: Vec<String>,
+    /// List the checks and what each one proves, then exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Kill the VM after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    pub timeout: u64,
+    /// Keep the run directory (console log) for debugging.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the results as JSON on stdout (the guest's output goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What happened to one check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "result"
+)]
+pub enum Verdict {
+    Pass { seconds: f64 },
+    Fail { exit_code: i32, seconds: f64 },
+    Skip { reason: String },
+    NotRun,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub name: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// Which checks run and which are skipped, given which crates the workspace has.
+pub fn plan(
+    checks: &[Check],
+    only: &[String],
+    has_crate: impl Fn(&str) -> bool,
+) -> (Vec<Check>, Vec<Row>) {
+    let mut run = Vec::new();
+    let mut skipped = Vec::new();
+    for c in checks {
+        if !only.is_empty() && !only.iter().any(|o| c.name.contains(o.as_str())) {
+            continue;
+        }
+        let missing: Vec<&str> = c
+            .needs
+            .iter()
+            .filter(|b| !has_crate(b.krate))
+            .map(|b| b.krate)
+            .collect();
+        if missing.is_empty() {
+            run.push(*c);
+        } else {
+            skipped.push(Row {
+                name: c.name.to_string(),
+                verdict: Verdict::Skip {
+                    reason: format!(
+                        "crates/{} is not in this workspace",
+                        missing.join(", crates/")
+                    ),
+                },
+            });
+        }
+    }
+    // A reboot only makes sense when something runs after it.
+    if let Some(last) = run.last_mut() {
+        last.reboot_after = false;
+    }
+    (run, skipped)
+}
+
+/// Puts the results of the steps that ran next to the planned checks, in suite order.
+pub fn verdicts(planned: &[Check], results: &[StepResult], skipped: Vec<Row>) -> Vec<Row> {
+    let mut rows: Vec<Row> = planned
+        .iter()
+        .map(|c| {
+            let verdict = match results.iter().find(|r| r.name == c.name) {
+                Some(r) if r.exit_code == 0 => Verdict::Pass { seconds: r.seconds },
+                Some(r) => Verdict::Fail {
+                    exit_code: r.exit_code,
+                    seconds: r.seconds,
+                },
+                None => Verdict::NotRun,
+            };
+            Row {
+                name: c.name.to_string(),
+                verdict,
+            }
+        })
+        .collect();
+    rows.extend(skipped);
+    let order = |n: &str| {
+        CHECKS
+            .iter()
+            .position(|c| c.name == n)
+            .unwrap_or(usize::MAX)
+    };
+    rows.sort_by_key(|r| order(&r.name));
+    rows
+}
+
+pub fn render_table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    for r in rows {
+        let (word, detail) = match &r.verdict {
+            Verdict::Pass { seconds } => ("PASS", format!("{seconds:.1} s")),
+            Verdict::Fail { exit_code, seconds } => {
+                ("FAIL", format!("exit {exit_code} after {seconds:.1} s"))
+            }
+            Verdict::Skip { reason } => ("SKIP", reason.clone()),
+            Verdict::NotRun => ("FAIL", "did not run (the VM stopped before it)".to_string()),
+        };
+        s.push_str(&format!("{word}  {:<22} {detail}\n", r.name));
+    }
+    s
+}
+
+fn has_crate(krate: &str) -> bool {
+    workspace_root()
+        .join("crates")
+        .join(krate)
+        .join("Cargo.toml")
+        .is_file()
+}
+
+/// Builds the workspace binaries the planned checks and the node image need.
+fn build_binaries(planned: &[Check]) -> Result<Vec<(String, PathBuf)>> {
+    let mut wanted: Vec<Binary> = planned
+        .iter()
+        .flat_map(|c| c.needs.iter().copied())
+        .collect();
+    wanted.extend(NODE_BINARIES.iter().copied().filter(|b| has_crate(b.krate)));
+    wanted.sort_by_key(|b| b.bin);
+    wanted.dedup();
+    let mut files = Vec::new();
+    if wanted.is_empty() {
+        return Ok(files);
+    }
+    let mut cargo = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
+    cargo.arg("build").current_dir(workspace_root());
+    for b in &wanted {
+        cargo.args(["-p", b.krate, "--bin", b.bin]);
+    }
+    super::cmd::run_visible(&mut cargo)?;
+    let target = super::build::target_dir().join("debug");
+    for b in wanted {
+        files.push((format!("bin/{}", b.bin), target.join(b.bin)));
+    }
+    Ok(files)
+}
+
+pub fn run(args: E2eArgs) -> Result<()> {
+    if args.list {
+        for c in CHECKS {
+            let who = if c.as_user { "user" } else { "root" };
+            println!("{:<22} {who:<4} {}", c.name, c.about);
+        }
+        return Ok(());
+    }
+    let (planned, skipped) = plan(CHECKS, &args.only, has_crate);
+    if planned.is_empty() {
+        bail!("no check matches {:?}", args.only);
+    }
+    for r in &skipped {
+        if let Verdict::Skip { reason } = &r.verdict {
+            eprintln!("hostvm e2e: SKIP {}: {reason}", r.name);
+        }
+    }
+    let extra_files = build_binaries(&planned)?;
+    let built = ensure_built()?;
+    let job = Job {
+        steps: planned
+            .iter()
+            .map(|c| Step {
+                name: c.name.to_string(),
+                argv: vec![
+                    format!("{CTL_MOUNT}/agent"),
+                    "hostvm".into(),
+                    "guest-check".into(),
+                    c.name.into(),
+                ],
+                as_user: c.as_user,
+                cwd: None,
+                reboot_after: c.reboot_after,
+                keep_going: true,
+            })
+            .collect(),
+        shares: Vec::new(),
+    };
+    let opts = RunOptions {
+        timeout: Some(Duration::from_secs(args.timeout)),
+        keep: args.keep,
+        extra_files,
+        allow_reboot: planned.iter().any(|c| c.reboot_after),
+        stream: !args.json,
+        ..Default::default()
+    };
+    let out = vm::run_job(&built, &job, &opts)?;
+    let rows = verdicts(&planned, &out.results, skipped);
+    let failed = rows
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Fail { .. } | Verdict::NotRun))
+        .count();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        eprint!("\n{}", render_table(&rows));
+    }
+    eprintln!(
+        "hostvm e2e: {} checks, {failed} failed, {:.0} s in the VM (first check {} s after qemu started)",
+        rows.len(),
+        out.total_seconds,
+        out.boot_seconds
+            .map_or("never".into(), |b| format!("{b:.1}"))
+    );
+    if let Some(why) = &out.why {
+        eprintln!("hostvm e2e: {why}");
+    }
+    if failed > 0 {
+        bail!("{failed} end-to-end check(s) failed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_skips_checks_whose_crate_is_missing_and_filters() {
+        let (run, skipped) = plan(CHECKS, &[], |k| k == "kinc");
+        assert!(run.iter().any(|c| c.name == "kinc-doctor-before"));
+        assert!(!run.iter().any(|c| c.name == "node-cgroup-setup"));
+        let Verdict::Skip { reason } = &skipped[0].verdict else {
+            panic!("not a skip")
+        };
+        assert_eq!(reason, "crates/cgroup-setup is not in this workspace");
+        let (run, skipped) = plan(CHECKS, &["quadlet-start".into()], |_| false);
+        assert_eq!(run.len(), 1);
+        assert!(!run[0].reboot_after, "nothing runs after it: no reboot");
+        assert!(skipped.is_empty());
+        // Check names are unique: results are matched by name.
+        let mut names: Vec<_> = CHECKS.iter().map(|c| c.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), CHECKS.len());
+    }
+
+    #[test]
+    fn verdicts_cover_pass_fail_skip_and_not_run() {
+        let (run, skipped) = plan(CHECKS, &[], |_| false);
+        let res = |n: &str, c| StepResult {
+            name: n.into(),
+            exit_code: c,
+            seconds: 1.0,
+            uptime: 20.0,
+        };
+        let rows = verdicts(
+            &run,
+            &[res("boot", 0), res("delegation-default", 1)],
+            skipped,
+        );
+        assert_eq!(rows.len(), CHECKS.len());
+        assert_eq!(rows[0].name, "boot");
+        assert!(matches!(rows[0].verdict, Verdict::Pass { .. }));
+        assert!(matches!(
+            rows[1].verdict,
+            Verdict::Fail { exit_code: 1, .. }
+        ));
+        assert!(matches!(rows[2].verdict, Verdict::Skip { .. }));
+        assert!(rows.iter().any(|r| r.verdict == Verdict::NotRun));
+        let table = render_table(&rows);
+        assert!(table.contains("PASS  boot"), "{table}");
+        assert!(table.contains("SKIP  kinc-doctor-before"), "{table}");
+        let json = serde_json::to_string(&rows[1]).unwrap();
+        assert!(
+            json.contains("\"result\":\"fail\"") && json.contains("\"exitCode\":1"),
+            "{json}"
+        );
+    }
+}
