@@ -7,6 +7,7 @@ mod cmd;
 mod config;
 mod e2e;
 mod e2e_checks;
+mod e2e_kinc;
 mod kernel;
 mod node;
 mod qemu;

@@ -146,6 +146,7 @@ pub fn ensure_built() -> Result<Built> {
     fs::create_dir_all(&work)?;
     let t0 = Instant::now();
     let kernel_version = build_into(&work, &mirror)?;
+    provision(&work)?;
     let manifest = Manifest {
         key: key.clone(),
         key_material: config::key_material(&mirror),
@@ -165,6 +166,7 @@ pub fn ensure_built() -> Result<Built> {
         built.dir.display(),
         manifest.build_seconds
     );
+    remove_other_builds(&root, &key);
     Ok(built)
 }
 
@@ -229,6 +231,63 @@ fn build_into(work: &Path, mirror: &str) -> Result<String> {
     eprintln!("hostvm: mkfs.ext4 -d {:.0} s", t.elapsed().as_secs_f64());
     remove_tree(&rootfs)?;
     Ok(kver)
+}
+
+/// Images of older recipes are ~700 MB each and never used again.
+fn remove_other_builds(root: &Path, keep: &str) {
+    let Ok(rd) = fs::read_dir(root) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{}-", config::SUITE)) && name != keep && e.path().is_dir() {
+            eprintln!("hostvm: removing the outdated {}", e.path().display());
+            let _ = remove_tree(&e.path());
+        }
+    }
+}
+
+/// One boot of the fresh image with its disk writable, to do what only a running host can:
+/// import the node stand-in into the test user's container storage (~90 s under TCG, paid
+/// once here instead of in every end-to-end run).
+fn provision(work: &Path) -> Result<()> {
+    use super::agent::{Job, Step};
+    let t = Instant::now();
+    let job = Job {
+        steps: vec![Step {
+            name: "provision".into(),
+            argv: vec![
+                format!("{}/agent", config::CTL_MOUNT),
+                "hostvm".into(),
+                "guest-check".into(),
+                "provision".into(),
+            ],
+            as_user: true,
+            cwd: None,
+            reboot_after: false,
+            keep_going: false,
+        }],
+        shares: Vec::new(),
+    };
+    let opts = super::vm::RunOptions {
+        timeout: Some(std::time::Duration::from_secs(1800)),
+        snapshot: false,
+        ..Default::default()
+    };
+    let built = Built {
+        dir: work.to_path_buf(),
+    };
+    let out = super::vm::run_job(&built, &job, &opts)?;
+    if out.exit_code != 0 {
+        bail!(
+            "provisioning boot failed with status {}{}",
+            out.exit_code,
+            out.why.map(|w| format!(": {w}")).unwrap_or_default()
+        );
+    }
+    eprintln!(
+        "hostvm: provisioning boot {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn debootstrap(target: &Path, packages: &[&str], mirror: &str) -> Command {

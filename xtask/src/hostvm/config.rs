@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 /// Bump when the build steps change in a way the inputs below do not show.
-pub const RECIPE_VERSION: u32 = 1;
+pub const RECIPE_VERSION: u32 = 2;
 
 pub const SUITE: &str = "trixie";
 pub const HOSTNAME: &str = "kinc-hostvm";
@@ -78,6 +78,9 @@ pub const MASKED_UNITS: &[&str] = &[
     "fstrim.timer",
     "dpkg-db-backup.timer",
     "man-db.timer",
+    // No one logs in: the console is only a log, and agetty's terminal probing clutters it.
+    "serial-getty@ttyS0.service",
+    "getty@tty1.service",
 ];
 
 /// Modules the trimmed initramfs carries: just enough to mount the virtio root disk.
@@ -150,8 +153,9 @@ pub fn initramfs_modules() -> String {
     s
 }
 
-/// The unit that runs the host's job after boot and powers the VM off afterwards.
-/// It only starts when a job is there, so a VM booted without one stays up for debugging.
+/// The unit that runs the host's job after boot; the agent powers the VM off (or reboots
+/// it) itself. It only starts when a job is there, so a VM booted without one stays up.
+/// FailureAction covers an agent that crashes before it could power off.
 pub fn agent_unit() -> String {
     format!(
         "[Unit]\n\
@@ -159,7 +163,6 @@ pub fn agent_unit() -> String {
          After=multi-user.target\n\
          RequiresMountsFor={CTL_MOUNT}\n\
          ConditionPathExists={CTL_MOUNT}/job.json\n\
-         SuccessAction=poweroff-force\n\
          FailureAction=poweroff-force\n\
          \n\
          [Service]\n\

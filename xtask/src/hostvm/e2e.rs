@@ -56,7 +56,8 @@ pub struct Check {
     pub about: &'static str,
     pub as_user: bool,
     pub needs: &'static [Binary],
-    pub reboot_after: bool,
+    /// Runs after the one reboot of the suite (checks that things come back by themselves).
+    pub after_reboot: bool,
 }
 
 const fn check(name: &'static str, about: &'static str, as_user: bool) -> Check {
@@ -65,11 +66,23 @@ const fn check(name: &'static str, about: &'static str, as_user: bool) -> Check 
         about,
         as_user,
         needs: &[],
-        reboot_after: false,
+        after_reboot: false,
     }
 }
 
-/// The suite, in order (later checks build on earlier ones: the drop-in, the node image).
+const fn needs(needs: &'static [Binary], c: Check) -> Check {
+    Check { needs, ..c }
+}
+
+const fn after_reboot(c: Check) -> Check {
+    Check {
+        after_reboot: true,
+        ..c
+    }
+}
+
+/// The suite, in order: later checks build on earlier ones (the drop-in, the node image),
+/// and everything before the first `after_reboot` check runs before the reboot.
 pub const CHECKS: &[Check] = &[
     check(
         "boot",
@@ -81,27 +94,27 @@ pub const CHECKS: &[Check] = &[
         "user@1000.service delegates only cpu memory pids (trixie's default)",
         false,
     ),
-    Check {
-        needs: &[KINC],
-        ..check(
+    needs(
+        &[KINC],
+        check(
             "kinc-doctor-before",
             "kinc doctor names the missing cpuset and io and prints the drop-in",
             true,
-        )
-    },
+        ),
+    ),
     check(
         "delegation-dropin",
         "the delegate.conf drop-in makes cpuset and io appear for the user",
         false,
     ),
-    Check {
-        needs: &[KINC],
-        ..check(
+    needs(
+        &[KINC],
+        check(
             "kinc-doctor-after",
             "kinc doctor has no delegation finding once the drop-in is in place",
             true,
-        )
-    },
+        ),
+    ),
     check(
         "podman-rootless",
         "rootless podman 5: cgroup v2, systemd manager, crun, netavark, pasta",
@@ -115,30 +128,76 @@ pub const CHECKS: &[Check] = &[
     check(
         "node-systemd",
         "the stand-in runs systemd as PID 1 in a cgroup namespace (rw cgroup2, cpuset+io), \
-         writes the status file and answers HTTPS on 6443 published to 127.0.0.1",
+         writes the status file and answers HTTPS on 6443 published to 127.0.0.1 only",
         true,
     ),
-    Check {
-        needs: &[CGROUP_SETUP],
-        ..check(
+    needs(
+        &[CGROUP_SETUP],
+        check(
             "node-cgroup-setup",
             "cgroup-setup in the node delegates every controller down to kubelet's cgroup root",
             true,
-        )
-    },
-    Check {
-        reboot_after: true,
-        ..check(
-            "quadlet-start",
-            "a .container file becomes a unit via Quadlet, starts, runs systemd; then reboot",
-            true,
-        )
-    },
+        ),
+    ),
     check(
+        "quadlet-start",
+        "a .container file becomes a unit via Quadlet, starts, runs systemd as PID 1",
+        true,
+    ),
+    needs(
+        &[KINC],
+        check(
+            "kinc-create",
+            "kinc create cluster: Quadlet units active, systemd PID 1, status steps, \
+             API port on 127.0.0.1 only",
+            true,
+        ),
+    ),
+    after_reboot(check(
         "quadlet-after-reboot",
         "after a reboot the Quadlet unit is active again by itself; then it is removed",
         true,
-    ),
+    )),
+    after_reboot(needs(
+        &[KINC],
+        check(
+            "kinc-after-reboot",
+            "after a reboot the cluster is back without a new create",
+            true,
+        ),
+    )),
+    after_reboot(needs(
+        &[KINC, KINCNET],
+        check(
+            "kincnet-version",
+            "kincnet answers the CNI VERSION command inside the node",
+            true,
+        ),
+    )),
+    after_reboot(needs(
+        &[KINC],
+        check(
+            "kinc-delete",
+            "kinc delete removes the units, the container and the volumes",
+            true,
+        ),
+    )),
+    after_reboot(needs(
+        &[KINC],
+        check(
+            "kinc-parallel",
+            "three parallel creates get distinct ports and disjoint CIDRs; deletes leave nothing",
+            true,
+        ),
+    )),
+    after_reboot(needs(
+        &[KINC],
+        check(
+            "kinc-interrupted",
+            "a create interrupted halfway leaves nothing after the next delete",
+            true,
+        ),
+    )),
 ];
 
 #[derive(Debug, clap::Args)]
@@ -213,11 +272,13 @@ pub fn plan(
             });
         }
     }
-    // A reboot only makes sense when something runs after it.
-    if let Some(last) = run.last_mut() {
-        last.reboot_after = false;
-    }
     (run, skipped)
+}
+
+/// Whether the VM reboots after planned check `i`: the last check before the first
+/// `after_reboot` one (no reboot when nothing runs after it, or nothing before it).
+pub fn reboot_after(run: &[Check], i: usize) -> bool {
+    !run[i].after_reboot && run.get(i + 1).is_some_and(|n| n.after_reboot)
 }
 
 /// Puts the results of the steps that ran next to the planned checks, in suite order.
@@ -322,7 +383,8 @@ pub fn run(args: E2eArgs) -> Result<()> {
     let job = Job {
         steps: planned
             .iter()
-            .map(|c| Step {
+            .enumerate()
+            .map(|(i, c)| Step {
                 name: c.name.to_string(),
                 argv: vec![
                     format!("{CTL_MOUNT}/agent"),
@@ -332,7 +394,7 @@ pub fn run(args: E2eArgs) -> Result<()> {
                 ],
                 as_user: c.as_user,
                 cwd: None,
-                reboot_after: c.reboot_after,
+                reboot_after: reboot_after(&planned, i),
                 keep_going: true,
             })
             .collect(),
@@ -342,7 +404,7 @@ pub fn run(args: E2eArgs) -> Result<()> {
         timeout: Some(Duration::from_secs(args.timeout)),
         keep: args.keep,
         extra_files,
-        allow_reboot: planned.iter().any(|c| c.reboot_after),
+        allow_reboot: (0..planned.len()).any(|i| reboot_after(&planned, i)),
         stream: !args.json,
         ..Default::default()
     };
@@ -386,10 +448,28 @@ mod tests {
             panic!("not a skip")
         };
         assert_eq!(reason, "crates/cgroup-setup is not in this workspace");
-        let (run, skipped) = plan(CHECKS, &["quadlet-start".into()], |_| false);
-        assert_eq!(run.len(), 1);
-        assert!(!run[0].reboot_after, "nothing runs after it: no reboot");
+        let (run, skipped) = plan(CHECKS, &["quadlet-".into()], |_| false);
+        assert_eq!(run.len(), 2);
+        assert!(reboot_after(&run, 0) && !reboot_after(&run, 1));
         assert!(skipped.is_empty());
+        let (run, _) = plan(CHECKS, &["quadlet-start".into()], |_| false);
+        assert!(!reboot_after(&run, 0), "nothing runs after it: no reboot");
+        // Without kinc the reboot moves to the last check that does run before it.
+        let (run, _) = plan(CHECKS, &[], |_| false);
+        let at: Vec<&str> = (0..run.len())
+            .filter(|i| reboot_after(&run, *i))
+            .map(|i| run[i].name)
+            .collect();
+        assert_eq!(at, ["quadlet-start"]);
+        let (run, _) = plan(CHECKS, &[], |_| true);
+        let at: Vec<&str> = (0..run.len())
+            .filter(|i| reboot_after(&run, *i))
+            .map(|i| run[i].name)
+            .collect();
+        assert_eq!(at, ["kinc-create"]);
+        // Every after-reboot check comes after every other one.
+        let first_after = CHECKS.iter().position(|c| c.after_reboot).unwrap();
+        assert!(CHECKS[first_after..].iter().all(|c| c.after_reboot));
         // Check names are unique: results are matched by name.
         let mut names: Vec<_> = CHECKS.iter().map(|c| c.name).collect();
         names.sort();

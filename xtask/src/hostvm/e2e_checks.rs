@@ -27,11 +27,18 @@ pub fn guest_check(name: &str) -> Result<()> {
         "kinc-doctor-before" => kinc_doctor(false),
         "kinc-doctor-after" => kinc_doctor(true),
         "podman-rootless" => podman_rootless(),
+        "provision" => provision(),
         "node-image" => node_image(),
         "node-systemd" => node_systemd(),
         "node-cgroup-setup" => node_cgroup_setup(),
         "quadlet-start" => quadlet_start(),
         "quadlet-after-reboot" => quadlet_after_reboot(),
+        "kinc-create" => super::e2e_kinc::create(),
+        "kinc-after-reboot" => super::e2e_kinc::after_reboot(),
+        "kincnet-version" => super::e2e_kinc::kincnet_version(),
+        "kinc-delete" => super::e2e_kinc::delete(),
+        "kinc-parallel" => super::e2e_kinc::parallel(),
+        "kinc-interrupted" => super::e2e_kinc::interrupted(),
         other => bail!("no end-to-end check named {other:?}"),
     };
     match &r {
@@ -41,14 +48,25 @@ pub fn guest_check(name: &str) -> Result<()> {
     r
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(super) struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Runs a command, echoing it and what it printed (the log is the evidence).
-fn sh(argv: &[&str]) -> Result<Out> {
+pub(super) fn sh(argv: &[&str]) -> Result<Out> {
+    run_echo(argv, true)
+}
+
+/// Like [`ok`] but echoes only the command line and status (for long machine output).
+fn ok_data(argv: &[&str]) -> Result<String> {
+    let o = run_echo(argv, false)?;
+    ensure!(o.code == 0, "`{}` exited {}: {}", argv.join(" "), o.code, o.stderr.trim());
+    Ok(o.stdout)
+}
+
+fn run_echo(argv: &[&str], echo_output: bool) -> Result<Out> {
     let (prog, args) = argv.split_first().context("empty command")?;
     let out = Command::new(prog)
         .args(args)
@@ -60,6 +78,9 @@ fn sh(argv: &[&str]) -> Result<Out> {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
     println!("$ {}  # exit {}", argv.join(" "), o.code);
+    if !echo_output {
+        return Ok(o);
+    }
     for l in o.stdout.lines().take(60) {
         println!("  {l}");
     }
@@ -70,7 +91,7 @@ fn sh(argv: &[&str]) -> Result<Out> {
 }
 
 /// Like [`sh`], failing unless the command succeeds; returns its trimmed stdout.
-fn ok(argv: &[&str]) -> Result<String> {
+pub(super) fn ok(argv: &[&str]) -> Result<String> {
     let o = sh(argv)?;
     ensure!(
         o.code == 0,
@@ -83,7 +104,7 @@ fn ok(argv: &[&str]) -> Result<String> {
 }
 
 /// Same as [`sh`] without echoing: for polls.
-fn quiet(argv: &[&str]) -> Option<String> {
+pub(super) fn quiet(argv: &[&str]) -> Option<String> {
     let (prog, args) = argv.split_first()?;
     let out = Command::new(prog).args(args).output().ok()?;
     out.status
@@ -91,7 +112,7 @@ fn quiet(argv: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+pub(super) fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let t = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -234,7 +255,7 @@ fn kinc_doctor(after_dropin: bool) -> Result<()> {
 
 fn podman_rootless() -> Result<()> {
     let info: serde_json::Value =
-        serde_json::from_str(&ok(&["podman", "info", "--format", "json"])?)
+        serde_json::from_str(&ok_data(&["podman", "info", "--format", "json"])?)
             .context("parsing `podman info --format json`")?;
     let get = |ptr: &str| {
         info.pointer(ptr)
@@ -272,22 +293,20 @@ fn podman_rootless() -> Result<()> {
     Ok(())
 }
 
-/// `podman import` of the stand-in rootfs (once per boot), then a layer with the binaries.
+/// At build time: the stand-in's base image in the test user's storage.
+fn provision() -> Result<()> {
+    let t = Instant::now();
+    import_standin()?;
+    println!("  podman import: {:.1} s", t.elapsed().as_secs_f64());
+    ok(&["podman", "images"])?;
+    Ok(())
+}
+
+/// The stand-in's base image (imported at build time), plus a layer with the binaries.
 fn node_image() -> Result<()> {
     if quiet(&["podman", "image", "exists", STANDIN_BASE]).is_none() {
         let t = Instant::now();
-        ok(&[
-            "podman",
-            "import",
-            "--change",
-            "CMD [\"/sbin/init\"]",
-            "--change",
-            "STOPSIGNAL SIGRTMIN+3",
-            "--change",
-            "ENV container=podman",
-            NODE_TARBALL,
-            STANDIN_BASE,
-        ])?;
+        import_standin()?;
         println!("  podman import: {:.1} s", t.elapsed().as_secs_f64());
     }
     let home = format!("/home/{TEST_USER}");
@@ -325,6 +344,40 @@ fn node_image() -> Result<()> {
     ])?;
     println!("  podman build: {:.1} s", t.elapsed().as_secs_f64());
     ok(&["podman", "image", "exists", DEFAULT_NODE_IMAGE])?;
+    Ok(())
+}
+
+/// `zstd -dc TARBALL | podman import ... - IMAGE`: podman 5.4 computes a wrong DiffID when
+/// it decompresses a zstd file itself ("does not match config's DiffID"), so it gets the
+/// plain tar on stdin.
+fn import_standin() -> Result<()> {
+    let argv = [
+        "podman",
+        "import",
+        "--change",
+        "CMD [\"/sbin/init\"]",
+        "--change",
+        "STOPSIGNAL SIGRTMIN+3",
+        "--change",
+        "ENV container=podman",
+        "-",
+        STANDIN_BASE,
+    ];
+    println!("$ zstd -dc {NODE_TARBALL} | {}", argv.join(" "));
+    let mut zstd = Command::new("zstd")
+        .args(["-dc", NODE_TARBALL])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting zstd")?;
+    let tar = zstd.stdout.take().expect("piped");
+    let st = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(tar)
+        .status()
+        .context("starting podman import")?;
+    let zst = zstd.wait()?;
+    ensure!(zst.success(), "zstd -dc {NODE_TARBALL}: {zst}");
+    ensure!(st.success(), "podman import: {st}");
     Ok(())
 }
 
@@ -389,7 +442,7 @@ fn quiet_any(argv: &[&str]) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn exec(name: &str, argv: &[&str]) -> Result<String> {
+pub(super) fn exec(name: &str, argv: &[&str]) -> Result<String> {
     let mut v = vec!["podman", "exec", name];
     v.extend_from_slice(argv);
     ok(&v)

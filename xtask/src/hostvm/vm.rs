@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub allow_reboot: bool,
     /// Stream the guest's output to ours while it runs.
     pub stream: bool,
+    /// Throw the guest's disk writes away (false only when the build provisions the image).
+    pub snapshot: bool,
 }
 
 impl Default for RunOptions {
@@ -43,6 +45,7 @@ impl Default for RunOptions {
             shares: Vec::new(),
             allow_reboot: false,
             stream: true,
+            snapshot: true,
         }
     }
 }
@@ -160,7 +163,7 @@ pub fn run_job(built: &Built, job: &Job, opts: &RunOptions) -> Result<RunOutcome
         vmlinux: built.vmlinux(),
         initrd: built.initrd(),
         disk: built.disk(),
-        snapshot: true,
+        snapshot: opts.snapshot,
         memory_mib: opts.memory_mib,
         smp: opts.smp,
         accel: qemu::detect_accel(),
