@@ -136,3 +136,47 @@ pub fn run(args: Vec<String>) -> Result<()> {
         Cmd::FakeBootstrap => node::fake_bootstrap(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hostvm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_takes_the_command_after_double_dash() {
+        let cli = parse(&[
+            "run",
+            "--as-user",
+            "--share",
+            "/w",
+            "--timeout",
+            "30",
+            "--",
+            "podman",
+            "run",
+            "--rm",
+            "x",
+        ])
+        .unwrap();
+        let Cmd::Run {
+            as_user,
+            share,
+            timeout,
+            command,
+            ..
+        } = cli.cmd
+        else {
+            panic!("not run")
+        };
+        assert!(as_user);
+        assert_eq!(share, [PathBuf::from("/w")]);
+        assert_eq!(timeout, 30);
+        // Options after `--` belong to the command, not to us.
+        assert_eq!(command, ["podman", "run", "--rm", "x"]);
+        assert!(parse(&["run"]).is_err(), "a command is required");
+        assert!(parse(&["e2e", "--only", "boot", "--json"]).is_ok());
+    }
+}

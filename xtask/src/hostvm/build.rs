@@ -290,9 +290,19 @@ fn provision(work: &Path) -> Result<()> {
     Ok(())
 }
 
+/// debootstrap with its downloads kept per tree under the cache root (separate dirs: the
+/// two runs overlap), so a rebuild after a recipe change does not download again.
 fn debootstrap(target: &Path, packages: &[&str], mirror: &str) -> Command {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let debs = cache_root().join(format!("debs-{name}"));
+    let _ = fs::create_dir_all(&debs);
+    let debs = fs::canonicalize(&debs).unwrap_or(debs);
     let mut c = Command::new("debootstrap");
-    c.arg("--variant=minbase")
+    c.arg(format!("--cache-dir={}", debs.display()))
+        .arg("--variant=minbase")
         .arg(format!("--include={}", packages.join(",")))
         .arg(config::SUITE)
         .arg(target)

@@ -349,9 +349,11 @@ fn build_binaries(planned: &[Check]) -> Result<Vec<(String, PathBuf)>> {
         return Ok(files);
     }
     let mut cargo = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
-    cargo.arg("build").current_dir(workspace_root());
+    cargo
+        .args(["build", "--bins"])
+        .current_dir(workspace_root());
     for b in &wanted {
-        cargo.args(["-p", b.krate, "--bin", b.bin]);
+        cargo.args(["-p", b.krate]);
     }
     super::cmd::run_visible(&mut cargo)?;
     let target = super::build::target_dir().join("debug");

@@ -62,7 +62,13 @@ pub(super) fn sh(argv: &[&str]) -> Result<Out> {
 /// Like [`ok`] but echoes only the command line and status (for long machine output).
 fn ok_data(argv: &[&str]) -> Result<String> {
     let o = run_echo(argv, false)?;
-    ensure!(o.code == 0, "`{}` exited {}: {}", argv.join(" "), o.code, o.stderr.trim());
+    ensure!(
+        o.code == 0,
+        "`{}` exited {}: {}",
+        argv.join(" "),
+        o.code,
+        o.stderr.trim()
+    );
     Ok(o.stdout)
 }
 
@@ -112,7 +118,11 @@ pub(super) fn quiet(argv: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-pub(super) fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+pub(super) fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T> {
     let t = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -329,6 +339,13 @@ fn node_image() -> Result<()> {
         }
     }
     println!("  real binaries carried: {carried:?}");
+    // The units again, from this binary: fixing them needs no image rebuild.
+    std::fs::create_dir_all(ctx.join("units"))?;
+    for f in super::config::node_files() {
+        if let Some(unit) = f.path.strip_prefix("etc/systemd/system/") {
+            std::fs::write(ctx.join("units").join(unit), &f.content)?;
+        }
+    }
     std::fs::write(ctx.join("Containerfile"), node_containerfile())?;
     let t = Instant::now();
     ok(&[
@@ -387,6 +404,7 @@ pub fn node_containerfile() -> String {
         "FROM {STANDIN_BASE}\n\
          LABEL io.kinc.standin=true\n\
          COPY xtask {NODE_XTASK}\n\
+         COPY units/ /etc/systemd/system/\n\
          COPY bin/ /usr/local/bin/\n"
     )
 }

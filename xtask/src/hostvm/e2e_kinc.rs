@@ -129,7 +129,10 @@ fn assert_gone(cluster: &str) -> Result<()> {
     ])?;
     ensure!(vols.is_empty(), "volumes of {cluster} left: {vols}");
     let files = quadlet_files(cluster);
-    ensure!(files.is_empty(), "Quadlet files of {cluster} left: {files:?}");
+    ensure!(
+        files.is_empty(),
+        "Quadlet files of {cluster} left: {files:?}"
+    );
     Ok(())
 }
 
@@ -183,10 +186,16 @@ pub fn parallel() -> Result<()> {
             ports.insert(label(&node, labels::API_PORT)?);
             for key in [labels::POD_SUBNET, labels::SERVICE_SUBNET] {
                 let v = label(&node, key)?;
-                ranges.push((format!("{n} {key}={v}"), parse_cidr(&v).context("bad CIDR")?));
+                ranges.push((
+                    format!("{n} {key}={v}"),
+                    parse_cidr(&v).context("bad CIDR")?,
+                ));
             }
         }
-        ensure!(ports.len() == PARALLEL.len(), "API ports collide: {ports:?}");
+        ensure!(
+            ports.len() == PARALLEL.len(),
+            "API ports collide: {ports:?}"
+        );
         for (i, (na, a)) in ranges.iter().enumerate() {
             for (nb, b) in &ranges[i + 1..] {
                 ensure!(!cidrs_overlap(*a, *b), "{na} overlaps {nb}");
@@ -261,8 +270,14 @@ mod tests {
 
     #[test]
     fn quadlet_unit_names() {
-        assert_eq!(unit_for("kinc-e2e.container").as_deref(), Some("kinc-e2e.service"));
-        assert_eq!(unit_for("kinc-e2e-var.volume").as_deref(), Some("kinc-e2e-var-volume.service"));
+        assert_eq!(
+            unit_for("kinc-e2e.container").as_deref(),
+            Some("kinc-e2e.service")
+        );
+        assert_eq!(
+            unit_for("kinc-e2e-var.volume").as_deref(),
+            Some("kinc-e2e-var-volume.service")
+        );
         assert_eq!(unit_for("x.network"), None);
     }
 }

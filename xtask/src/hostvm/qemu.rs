@@ -196,11 +196,16 @@ pub struct Qemu {
 
 impl Qemu {
     pub fn spawn(qemu_bin: &str, spec: &VmSpec, tmpdir: &Path, log: &Path) -> Result<Self> {
-        let log_file = std::fs::File::create(log)?;
         let mut cmd = Command::new(qemu_bin);
-        cmd.args(spec.argv())
-            .env("TMPDIR", tmpdir)
-            .stdin(Stdio::null())
+        cmd.args(spec.argv()).env("TMPDIR", tmpdir);
+        Self::spawn_command(cmd, log)
+    }
+
+    /// Starts `cmd` as the leader of a new process group, output into `log`.
+    pub fn spawn_command(mut cmd: Command, log: &Path) -> Result<Self> {
+        let log_file = std::fs::File::create(log)?;
+        let what = super::cmd::describe(&cmd);
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log_file.try_clone()?))
             .stderr(Stdio::from(log_file))
             .process_group(0);
@@ -214,9 +219,7 @@ impl Qemu {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {qemu_bin}"))?;
+        let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
         Ok(Self {
             child: Some(child),
             started: Instant::now(),
@@ -369,6 +372,63 @@ mod tests {
         assert_eq!(choose_accel(vmx, false, false), Accel::Tcg);
         assert_eq!(choose_accel(vmx, true, true), Accel::Tcg);
         assert_eq!(choose_accel(none, true, false), Accel::Tcg);
+    }
+
+    fn dead(pid: &str) -> bool {
+        // Gone, or a zombie waiting for whoever adopted it.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        }
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_process_group() {
+        let dir = crate::hostvm::testdir::TestDir::new("qemu-kill");
+        let pidfile = dir.path().join("grandchild.pid");
+        // A leader with a background child, like qemu with its helper threads/processes.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("sleep 300 & echo $! > \"$1\"; wait")
+            .arg("sh")
+            .arg(&pidfile);
+        let mut q = Qemu::spawn_command(cmd, &dir.path().join("log")).unwrap();
+        let t = Instant::now();
+        while !pidfile.exists() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let grandchild = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .to_string();
+        let mut ticks = 0;
+        let ended = q
+            .wait(Some(Duration::from_millis(500)), || ticks += 1)
+            .unwrap();
+        assert_eq!(ended, Ended::TimedOut);
+        assert!(ticks >= 1);
+        let t = Instant::now();
+        while !dead(&grandchild) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            dead(&grandchild),
+            "the group's other process {grandchild} survived"
+        );
+    }
+
+    #[test]
+    fn exit_status_is_reported() {
+        let dir = crate::hostvm::testdir::TestDir::new("qemu-exit");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exit 3"]);
+        let mut q = Qemu::spawn_command(cmd, &dir.path().join("log")).unwrap();
+        match q.wait(Some(Duration::from_secs(30)), || {}).unwrap() {
+            Ended::Exited(st) => assert_eq!(st.code(), Some(3)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

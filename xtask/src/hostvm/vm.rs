@@ -129,8 +129,9 @@ pub fn run_job(built: &Built, job: &Job, opts: &RunOptions) -> Result<RunOutcome
     fs::create_dir_all(&ctl)?;
     fs::write(run.path.join("owner.pid"), std::process::id().to_string())?;
     // The agent is this very binary: the guest runs the same code the host was built from.
-    let me = std::env::current_exe().context("locating the xtask binary")?;
-    fs::copy(&me, ctl.join("agent")).context("copying the agent into the control share")?;
+    // /proc/self/exe still reads when cargo has replaced the file since we started.
+    fs::copy("/proc/self/exe", ctl.join("agent"))
+        .context("copying the agent (/proc/self/exe) into the control share")?;
     for (name, src) in &opts.extra_files {
         let dest = ctl.join(name);
         if let Some(d) = dest.parent() {
