@@ -118,12 +118,13 @@ pub fn run(args: Vec<String>) -> Result<()> {
                 ..Default::default()
             };
             let out = vm::run_job(&built, &job, &opts)?;
+            let started = match out.boot_seconds {
+                Some(b) => format!("the command started {b:.1} s after qemu"),
+                None => "the command never started".to_string(),
+            };
             eprintln!(
-                "hostvm: exit {} after {:.1} s (command started {} s after qemu)",
-                out.exit_code,
-                out.total_seconds,
-                out.boot_seconds
-                    .map_or("never".to_string(), |b| format!("{b:.1}"))
+                "hostvm: exit {} after {:.1} s ({started})",
+                out.exit_code, out.total_seconds
             );
             if let Some(why) = &out.why {
                 eprintln!("hostvm: {why}");

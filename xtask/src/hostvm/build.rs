@@ -100,8 +100,17 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// `$KINC_HOSTVM_IMAGE`: a built directory to use instead of the current recipe's (to
+/// debug against an older image without rebuilding).
+fn image_override() -> Option<Built> {
+    std::env::var_os("KINC_HOSTVM_IMAGE").map(|d| Built { dir: d.into() })
+}
+
 /// The artifacts for the current recipe, if they were built.
 pub fn find_built() -> Result<Option<Built>> {
+    if let Some(b) = image_override() {
+        return Ok(b.manifest().is_file().then_some(b));
+    }
     let key = config::cache_key(&mirror()?);
     let b = Built {
         dir: cache_root().join(&key),
@@ -111,6 +120,15 @@ pub fn find_built() -> Result<Option<Built>> {
 
 /// Builds the image unless the cache already has it. Returns where it is.
 pub fn ensure_built() -> Result<Built> {
+    if let Some(b) = image_override() {
+        if !b.manifest().is_file() {
+            bail!(
+                "KINC_HOSTVM_IMAGE={}: no manifest.json there",
+                b.dir.display()
+            );
+        }
+        return Ok(b);
+    }
     let mirror = mirror()?;
     let key = config::cache_key(&mirror);
     let root = cache_root();

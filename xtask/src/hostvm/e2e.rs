@@ -265,7 +265,7 @@ pub fn plan(
                 name: c.name.to_string(),
                 verdict: Verdict::Skip {
                     reason: format!(
-                        "crates/{} is not in this workspace",
+                        "not in this workspace: crates/{}",
                         missing.join(", crates/")
                     ),
                 },
@@ -449,7 +449,7 @@ mod tests {
         let Verdict::Skip { reason } = &skipped[0].verdict else {
             panic!("not a skip")
         };
-        assert_eq!(reason, "crates/cgroup-setup is not in this workspace");
+        assert_eq!(reason, "not in this workspace: crates/cgroup-setup");
         let (run, skipped) = plan(CHECKS, &["quadlet-".into()], |_| false);
         assert_eq!(run.len(), 2);
         assert!(reboot_after(&run, 0) && !reboot_after(&run, 1));
