@@ -63,6 +63,9 @@ pub struct StepResult {
     pub seconds: f64,
     /// Guest uptime when the step started.
     pub uptime: f64,
+    /// The kernel's boot id: tells which boot a step ran in.
+    #[serde(default)]
+    pub boot_id: String,
 }
 
 /// Exit code of a finished process, 128+N for a signal, like a shell reports it.
@@ -186,6 +189,10 @@ pub fn guest_main(ctl: &Path) -> Result<()> {
             exit_code: code,
             seconds: t.elapsed().as_secs_f64(),
             uptime: up,
+            boot_id: fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
         });
         kinc_types::fsutil::write_atomic(
             &results_path,
@@ -286,6 +293,7 @@ mod tests {
             exit_code: c,
             seconds: 0.0,
             uptime: 0.0,
+            boot_id: String::new(),
         };
         assert_eq!(overall(&[r(0), r(3), r(4)]), 3);
         assert_eq!(overall(&[r(0), r(0)]), 0);

@@ -5,6 +5,7 @@
 //! Checks that need a kinc binary run when its crate is in the workspace (it is built and
 //! carried into the guest); otherwise they are skipped with the reason printed.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -311,6 +312,26 @@ pub fn verdicts(planned: &[Check], results: &[StepResult], skipped: Vec<Row>) ->
     rows
 }
 
+/// Checks planned after the reboot must have run in another boot than those before it.
+pub fn reboot_happened(planned: &[Check], results: &[StepResult]) -> Result<()> {
+    let boot = |after: bool| -> BTreeSet<&str> {
+        results
+            .iter()
+            .filter(|r| {
+                planned
+                    .iter()
+                    .any(|c| c.name == r.name && c.after_reboot == after)
+            })
+            .map(|r| r.boot_id.as_str())
+            .collect()
+    };
+    let (before, after) = (boot(false), boot(true));
+    if let Some(same) = before.intersection(&after).next() {
+        bail!("checks before and after the reboot ran in the same boot {same:?}: the VM did not reboot");
+    }
+    Ok(())
+}
+
 pub fn render_table(rows: &[Row]) -> String {
     let mut s = String::new();
     for r in rows {
@@ -412,6 +433,7 @@ pub fn run(args: E2eArgs) -> Result<()> {
     };
     let out = vm::run_job(&built, &job, &opts)?;
     let rows = verdicts(&planned, &out.results, skipped);
+    let rebooted = reboot_happened(&planned, &out.results);
     let failed = rows
         .iter()
         .filter(|r| matches!(r.verdict, Verdict::Fail { .. } | Verdict::NotRun))
@@ -434,7 +456,7 @@ pub fn run(args: E2eArgs) -> Result<()> {
     if failed > 0 {
         bail!("{failed} end-to-end check(s) failed");
     }
-    Ok(())
+    rebooted
 }
 
 #[cfg(test)]
@@ -487,6 +509,7 @@ mod tests {
             exit_code: c,
             seconds: 1.0,
             uptime: 20.0,
+            boot_id: "b1".into(),
         };
         let rows = verdicts(
             &run,
@@ -502,6 +525,10 @@ mod tests {
         ));
         assert!(matches!(rows[2].verdict, Verdict::Skip { .. }));
         assert!(rows.iter().any(|r| r.verdict == Verdict::NotRun));
+        let mut after = res("quadlet-after-reboot", 0);
+        assert!(reboot_happened(&run, &[res("boot", 0), after.clone()]).is_err());
+        after.boot_id = "b2".into();
+        assert!(reboot_happened(&run, &[res("boot", 0), after]).is_ok());
         let table = render_table(&rows);
         assert!(table.contains("PASS  boot"), "{table}");
         assert!(table.contains("SKIP  kinc-doctor-before"), "{table}");
