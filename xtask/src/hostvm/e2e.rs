@@ -1,0 +1,541 @@
+//! `cargo xtask hostvm e2e`: the end-to-end suite, every check a step of one VM boot.
+//!
+//! Each check is Rust code that runs *inside the guest* (`xtask hostvm guest-check NAME`,
+//! the agent binary is this binary), as root or as the test user in its systemd session.
+//! Checks that need a kinc binary run when its crate is in the workspace (it is built and
+//! carried into the guest); otherwise they are skipped with the reason printed.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use super::agent::{Job, Step, StepResult};
+use super::build::{ensure_built, workspace_root};
+use super::config::CTL_MOUNT;
+use super::vm::{self, RunOptions};
+
+pub use super::e2e_checks::guest_check;
+
+/// A binary of the workspace that some checks need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binary {
+    /// Directory under `crates/`.
+    pub krate: &'static str,
+    pub bin: &'static str,
+}
+
+pub const KINC: Binary = Binary {
+    krate: "kinc",
+    bin: "kinc",
+};
+pub const CGROUP_SETUP: Binary = Binary {
+    krate: "cgroup-setup",
+    bin: "cgroup-setup",
+};
+pub const CRUN_WRAPPER: Binary = Binary {
+    krate: "crun-wrapper",
+    bin: "crun-wrapper",
+};
+pub const KINCNET: Binary = Binary {
+    krate: "kincnet",
+    bin: "kincnet",
+};
+/// Binaries the node stand-in carries when they exist (put in /usr/local/bin).
+pub const NODE_BINARIES: &[Binary] = &[CGROUP_SETUP, CRUN_WRAPPER, KINCNET];
+
+/// Where binaries are in the guest: `<ctl>/bin/NAME`.
+pub fn guest_bin(name: &str) -> String {
+    format!("{CTL_MOUNT}/bin/{name}")
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Check {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub as_user: bool,
+    pub needs: &'static [Binary],
+    /// Runs after the one reboot of the suite (checks that things come back by themselves).
+    pub after_reboot: bool,
+}
+
+const fn check(name: &'static str, about: &'static str, as_user: bool) -> Check {
+    Check {
+        name,
+        about,
+        as_user,
+        needs: &[],
+        after_reboot: false,
+    }
+}
+
+const fn needs(needs: &'static [Binary], c: Check) -> Check {
+    Check { needs, ..c }
+}
+
+const fn after_reboot(c: Check) -> Check {
+    Check {
+        after_reboot: true,
+        ..c
+    }
+}
+
+/// The suite, in order: later checks build on earlier ones (the drop-in, the node image),
+/// and everything before the first `after_reboot` check runs before the reboot.
+pub const CHECKS: &[Check] = &[
+    check(
+        "boot",
+        "multi-user.target reached, no failed unit, pure cgroup v2 with every controller",
+        false,
+    ),
+    check(
+        "delegation-default",
+        "user@1000.service delegates only cpu memory pids (trixie's default)",
+        false,
+    ),
+    needs(
+        &[KINC],
+        check(
+            "kinc-doctor-before",
+            "kinc doctor names the missing cpuset and io and prints the drop-in",
+            true,
+        ),
+    ),
+    check(
+        "delegation-dropin",
+        "the delegate.conf drop-in makes cpuset and io appear for the user",
+        false,
+    ),
+    needs(
+        &[KINC],
+        check(
+            "kinc-doctor-after",
+            "kinc doctor has no delegation finding once the drop-in is in place",
+            true,
+        ),
+    ),
+    check(
+        "podman-rootless",
+        "rootless podman 5: cgroup v2, systemd manager, crun, netavark, pasta",
+        true,
+    ),
+    check(
+        "node-image",
+        "podman import of the stand-in rootfs, plus a layer with the workspace binaries",
+        true,
+    ),
+    check(
+        "node-systemd",
+        "the stand-in runs systemd as PID 1 in a cgroup namespace (rw cgroup2, cpuset+io), \
+         writes the status file and answers HTTPS on 6443 published to 127.0.0.1 only",
+        true,
+    ),
+    needs(
+        &[CGROUP_SETUP],
+        check(
+            "node-cgroup-setup",
+            "cgroup-setup in the node delegates every controller down to kubelet's cgroup root",
+            true,
+        ),
+    ),
+    check(
+        "quadlet-start",
+        "a .container file becomes a unit via Quadlet, starts, runs systemd as PID 1",
+        true,
+    ),
+    needs(
+        &[KINC],
+        check(
+            "kinc-create",
+            "kinc create cluster: Quadlet units active, systemd PID 1, status steps, \
+             API port on 127.0.0.1 only",
+            true,
+        ),
+    ),
+    after_reboot(check(
+        "quadlet-after-reboot",
+        "after a reboot the Quadlet unit is active again by itself; then it is removed",
+        true,
+    )),
+    after_reboot(needs(
+        &[KINC],
+        check(
+            "kinc-after-reboot",
+            "after a reboot the cluster is back without a new create",
+            true,
+        ),
+    )),
+    after_reboot(needs(
+        &[KINC, KINCNET],
+        check(
+            "kincnet-version",
+            "kincnet answers the CNI VERSION command inside the node",
+            true,
+        ),
+    )),
+    after_reboot(needs(
+        &[KINC],
+        check(
+            "kinc-delete",
+            "kinc delete removes the units, the container and the volumes",
+            true,
+        ),
+    )),
+    after_reboot(needs(
+        &[KINC],
+        check(
+            "kinc-parallel",
+            "three parallel creates get distinct ports and disjoint CIDRs; deletes leave nothing",
+            true,
+        ),
+    )),
+    after_reboot(needs(
+        &[KINC],
+        check(
+            "kinc-interrupted",
+            "a create interrupted halfway leaves nothing after the next delete",
+            true,
+        ),
+    )),
+];
+
+#[derive(Debug, clap::Args)]
+pub struct E2eArgs {
+    /// Run only the checks whose name contains this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub only: Vec<String>,
+    /// List the checks and what each one proves, then exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Kill the VM after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    pub timeout: u64,
+    /// Keep the run directory (console log) for debugging.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the results as JSON on stdout (the guest's output goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What happened to one check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "result"
+)]
+pub enum Verdict {
+    Pass { seconds: f64 },
+    Fail { exit_code: i32, seconds: f64 },
+    Skip { reason: String },
+    NotRun,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub name: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// Which checks run and which are skipped, given which crates the workspace has.
+pub fn plan(
+    checks: &[Check],
+    only: &[String],
+    has_crate: impl Fn(&str) -> bool,
+) -> (Vec<Check>, Vec<Row>) {
+    let mut run = Vec::new();
+    let mut skipped = Vec::new();
+    for c in checks {
+        if !only.is_empty() && !only.iter().any(|o| c.name.contains(o.as_str())) {
+            continue;
+        }
+        let missing: Vec<&str> = c
+            .needs
+            .iter()
+            .filter(|b| !has_crate(b.krate))
+            .map(|b| b.krate)
+            .collect();
+        if missing.is_empty() {
+            run.push(*c);
+        } else {
+            skipped.push(Row {
+                name: c.name.to_string(),
+                verdict: Verdict::Skip {
+                    reason: format!(
+                        "not in this workspace: crates/{}",
+                        missing.join(", crates/")
+                    ),
+                },
+            });
+        }
+    }
+    (run, skipped)
+}
+
+/// Whether the VM reboots after planned check `i`: the last check before the first
+/// `after_reboot` one (no reboot when nothing runs after it, or nothing before it).
+pub fn reboot_after(run: &[Check], i: usize) -> bool {
+    !run[i].after_reboot && run.get(i + 1).is_some_and(|n| n.after_reboot)
+}
+
+/// Puts the results of the steps that ran next to the planned checks, in suite order.
+pub fn verdicts(planned: &[Check], results: &[StepResult], skipped: Vec<Row>) -> Vec<Row> {
+    let mut rows: Vec<Row> = planned
+        .iter()
+        .map(|c| {
+            let verdict = match results.iter().find(|r| r.name == c.name) {
+                Some(r) if r.exit_code == 0 => Verdict::Pass { seconds: r.seconds },
+                Some(r) => Verdict::Fail {
+                    exit_code: r.exit_code,
+                    seconds: r.seconds,
+                },
+                None => Verdict::NotRun,
+            };
+            Row {
+                name: c.name.to_string(),
+                verdict,
+            }
+        })
+        .collect();
+    rows.extend(skipped);
+    let order = |n: &str| {
+        CHECKS
+            .iter()
+            .position(|c| c.name == n)
+            .unwrap_or(usize::MAX)
+    };
+    rows.sort_by_key(|r| order(&r.name));
+    rows
+}
+
+/// Checks planned after the reboot must have run in another boot than those before it.
+pub fn reboot_happened(planned: &[Check], results: &[StepResult]) -> Result<()> {
+    let boot = |after: bool| -> BTreeSet<&str> {
+        results
+            .iter()
+            .filter(|r| {
+                planned
+                    .iter()
+                    .any(|c| c.name == r.name && c.after_reboot == after)
+            })
+            .map(|r| r.boot_id.as_str())
+            .collect()
+    };
+    let (before, after) = (boot(false), boot(true));
+    if let Some(same) = before.intersection(&after).next() {
+        bail!("checks before and after the reboot ran in the same boot {same:?}: the VM did not reboot");
+    }
+    Ok(())
+}
+
+pub fn render_table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    for r in rows {
+        let (word, detail) = match &r.verdict {
+            Verdict::Pass { seconds } => ("PASS", format!("{seconds:.1} s")),
+            Verdict::Fail { exit_code, seconds } => {
+                ("FAIL", format!("exit {exit_code} after {seconds:.1} s"))
+            }
+            Verdict::Skip { reason } => ("SKIP", reason.clone()),
+            Verdict::NotRun => ("FAIL", "did not run (the VM stopped before it)".to_string()),
+        };
+        s.push_str(&format!("{word}  {:<22} {detail}\n", r.name));
+    }
+    s
+}
+
+fn has_crate(krate: &str) -> bool {
+    workspace_root()
+        .join("crates")
+        .join(krate)
+        .join("Cargo.toml")
+        .is_file()
+}
+
+/// Builds the workspace binaries the planned checks and the node image need.
+fn build_binaries(planned: &[Check]) -> Result<Vec<(String, PathBuf)>> {
+    let mut wanted: Vec<Binary> = planned
+        .iter()
+        .flat_map(|c| c.needs.iter().copied())
+        .collect();
+    wanted.extend(NODE_BINARIES.iter().copied().filter(|b| has_crate(b.krate)));
+    wanted.sort_by_key(|b| b.bin);
+    wanted.dedup();
+    let mut files = Vec::new();
+    if wanted.is_empty() {
+        return Ok(files);
+    }
+    let mut cargo = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
+    cargo
+        .args(["build", "--bins"])
+        .current_dir(workspace_root());
+    for b in &wanted {
+        cargo.args(["-p", b.krate]);
+    }
+    super::cmd::run_visible(&mut cargo)?;
+    let target = super::build::target_dir().join("debug");
+    for b in wanted {
+        files.push((format!("bin/{}", b.bin), target.join(b.bin)));
+    }
+    Ok(files)
+}
+
+pub fn run(args: E2eArgs) -> Result<()> {
+    if args.list {
+        for c in CHECKS {
+            let who = if c.as_user { "user" } else { "root" };
+            println!("{:<22} {who:<4} {}", c.name, c.about);
+        }
+        return Ok(());
+    }
+    let (planned, skipped) = plan(CHECKS, &args.only, has_crate);
+    if planned.is_empty() {
+        bail!("no check matches {:?}", args.only);
+    }
+    for r in &skipped {
+        if let Verdict::Skip { reason } = &r.verdict {
+            eprintln!("hostvm e2e: SKIP {}: {reason}", r.name);
+        }
+    }
+    let extra_files = build_binaries(&planned)?;
+    let built = ensure_built()?;
+    let job = Job {
+        steps: planned
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Step {
+                name: c.name.to_string(),
+                argv: vec![
+                    format!("{CTL_MOUNT}/agent"),
+                    "hostvm".into(),
+                    "guest-check".into(),
+                    c.name.into(),
+                ],
+                as_user: c.as_user,
+                cwd: None,
+                reboot_after: reboot_after(&planned, i),
+                keep_going: true,
+            })
+            .collect(),
+        shares: Vec::new(),
+    };
+    let opts = RunOptions {
+        timeout: Some(Duration::from_secs(args.timeout)),
+        keep: args.keep,
+        extra_files,
+        allow_reboot: (0..planned.len()).any(|i| reboot_after(&planned, i)),
+        stream: !args.json,
+        ..Default::default()
+    };
+    let out = vm::run_job(&built, &job, &opts)?;
+    let rows = verdicts(&planned, &out.results, skipped);
+    let rebooted = reboot_happened(&planned, &out.results);
+    let failed = rows
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Fail { .. } | Verdict::NotRun))
+        .count();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        eprint!("\n{}", render_table(&rows));
+    }
+    eprintln!(
+        "hostvm e2e: {} checks, {failed} failed, {:.0} s in the VM (first check {} s after qemu started)",
+        rows.len(),
+        out.total_seconds,
+        out.boot_seconds
+            .map_or("never".into(), |b| format!("{b:.1}"))
+    );
+    if let Some(why) = &out.why {
+        eprintln!("hostvm e2e: {why}");
+    }
+    if failed > 0 {
+        bail!("{failed} end-to-end check(s) failed");
+    }
+    rebooted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_skips_checks_whose_crate_is_missing_and_filters() {
+        let (run, skipped) = plan(CHECKS, &[], |k| k == "kinc");
+        assert!(run.iter().any(|c| c.name == "kinc-doctor-before"));
+        assert!(!run.iter().any(|c| c.name == "node-cgroup-setup"));
+        let Verdict::Skip { reason } = &skipped[0].verdict else {
+            panic!("not a skip")
+        };
+        assert_eq!(reason, "not in this workspace: crates/cgroup-setup");
+        let (run, skipped) = plan(CHECKS, &["quadlet-".into()], |_| false);
+        assert_eq!(run.len(), 2);
+        assert!(reboot_after(&run, 0) && !reboot_after(&run, 1));
+        assert!(skipped.is_empty());
+        let (run, _) = plan(CHECKS, &["quadlet-start".into()], |_| false);
+        assert!(!reboot_after(&run, 0), "nothing runs after it: no reboot");
+        // Without kinc the reboot moves to the last check that does run before it.
+        let (run, _) = plan(CHECKS, &[], |_| false);
+        let at: Vec<&str> = (0..run.len())
+            .filter(|i| reboot_after(&run, *i))
+            .map(|i| run[i].name)
+            .collect();
+        assert_eq!(at, ["quadlet-start"]);
+        let (run, _) = plan(CHECKS, &[], |_| true);
+        let at: Vec<&str> = (0..run.len())
+            .filter(|i| reboot_after(&run, *i))
+            .map(|i| run[i].name)
+            .collect();
+        assert_eq!(at, ["kinc-create"]);
+        // Every after-reboot check comes after every other one.
+        let first_after = CHECKS.iter().position(|c| c.after_reboot).unwrap();
+        assert!(CHECKS[first_after..].iter().all(|c| c.after_reboot));
+        // Check names are unique: results are matched by name.
+        let mut names: Vec<_> = CHECKS.iter().map(|c| c.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), CHECKS.len());
+    }
+
+    #[test]
+    fn verdicts_cover_pass_fail_skip_and_not_run() {
+        let (run, skipped) = plan(CHECKS, &[], |_| false);
+        let res = |n: &str, c| StepResult {
+            name: n.into(),
+            exit_code: c,
+            seconds: 1.0,
+            uptime: 20.0,
+            boot_id: "b1".into(),
+        };
+        let rows = verdicts(
+            &run,
+            &[res("boot", 0), res("delegation-default", 1)],
+            skipped,
+        );
+        assert_eq!(rows.len(), CHECKS.len());
+        assert_eq!(rows[0].name, "boot");
+        assert!(matches!(rows[0].verdict, Verdict::Pass { .. }));
+        assert!(matches!(
+            rows[1].verdict,
+            Verdict::Fail { exit_code: 1, .. }
+        ));
+        assert!(matches!(rows[2].verdict, Verdict::Skip { .. }));
+        assert!(rows.iter().any(|r| r.verdict == Verdict::NotRun));
+        let mut after = res("quadlet-after-reboot", 0);
+        assert!(reboot_happened(&run, &[res("boot", 0), after.clone()]).is_err());
+        after.boot_id = "b2".into();
+        assert!(reboot_happened(&run, &[res("boot", 0), after]).is_ok());
+        let table = render_table(&rows);
+        assert!(table.contains("PASS  boot"), "{table}");
+        assert!(table.contains("SKIP  kinc-doctor-before"), "{table}");
+        let json = serde_json::to_string(&rows[1]).unwrap();
+        assert!(
+            json.contains("\"result\":\"fail\"") && json.contains("\"exitCode\":1"),
+            "{json}"
+        );
+    }
+}

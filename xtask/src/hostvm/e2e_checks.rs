@@ -1,0 +1,693 @@
+//! The end-to-end checks, run inside the guest by `xtask hostvm guest-check NAME`. Each
+//! prints what it runs and sees, and fails with a message saying what was expected.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use super::config::{DELEGATE_DROPIN, DELEGATE_DROPIN_PATH, NODE_TARBALL, TEST_UID, TEST_USER};
+use super::e2e::guest_bin;
+use super::node::NODE_XTASK;
+use kinc_types::node::DEFAULT_NODE_IMAGE;
+
+const ALL_CONTROLLERS: &[&str] = &["cpuset", "cpu", "io", "memory", "pids"];
+const STANDIN_BASE: &str = "localhost/kinc/node-standin:base";
+const QUADLET_UNIT: &str = "kinc-e2e";
+const QUADLET_CONTAINER: &str = "kinc-e2e-quadlet";
+
+pub fn guest_check(name: &str) -> Result<()> {
+    let t = Instant::now();
+    let r = match name {
+        "boot" => boot(),
+        "delegation-default" => delegation_default(),
+        "delegation-dropin" => delegation_dropin(),
+        "kinc-doctor-before" => kinc_doctor(false),
+        "kinc-doctor-after" => kinc_doctor(true),
+        "podman-rootless" => podman_rootless(),
+        "provision" => provision(),
+        "node-image" => node_image(),
+        "node-systemd" => node_systemd(),
+        "node-cgroup-setup" => node_cgroup_setup(),
+        "quadlet-start" => quadlet_start(),
+        "quadlet-after-reboot" => quadlet_after_reboot(),
+        "kinc-create" => super::e2e_kinc::create(),
+        "kinc-after-reboot" => super::e2e_kinc::after_reboot(),
+        "kincnet-version" => super::e2e_kinc::kincnet_version(),
+        "kinc-delete" => super::e2e_kinc::delete(),
+        "kinc-parallel" => super::e2e_kinc::parallel(),
+        "kinc-interrupted" => super::e2e_kinc::interrupted(),
+        other => bail!("no end-to-end check named {other:?}"),
+    };
+    match &r {
+        Ok(()) => println!("check {name}: ok ({:.1} s)", t.elapsed().as_secs_f64()),
+        Err(e) => eprintln!("check {name}: FAILED: {e:#}"),
+    }
+    r
+}
+
+pub(super) struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a command, echoing it and what it printed (the log is the evidence).
+pub(super) fn sh(argv: &[&str]) -> Result<Out> {
+    run_echo(argv, true)
+}
+
+/// Like [`ok`] but echoes only the command line and status (for long machine output).
+fn ok_data(argv: &[&str]) -> Result<String> {
+    let o = run_echo(argv, false)?;
+    ensure!(
+        o.code == 0,
+        "`{}` exited {}: {}",
+        argv.join(" "),
+        o.code,
+        o.stderr.trim()
+    );
+    Ok(o.stdout)
+}
+
+fn run_echo(argv: &[&str], echo_output: bool) -> Result<Out> {
+    let (prog, args) = argv.split_first().context("empty command")?;
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .with_context(|| format!("starting {prog}"))?;
+    let o = Out {
+        code: super::agent::exit_code(out.status),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    println!("$ {}  # exit {}", argv.join(" "), o.code);
+    if !echo_output {
+        return Ok(o);
+    }
+    for l in o.stdout.lines().take(60) {
+        println!("  {l}");
+    }
+    for l in o.stderr.lines().take(30) {
+        println!("  ! {l}");
+    }
+    Ok(o)
+}
+
+/// Like [`sh`], failing unless the command succeeds; returns its trimmed stdout.
+pub(super) fn ok(argv: &[&str]) -> Result<String> {
+    let o = sh(argv)?;
+    ensure!(
+        o.code == 0,
+        "`{}` exited {}: {}",
+        argv.join(" "),
+        o.code,
+        o.stderr.trim()
+    );
+    Ok(o.stdout.trim().to_string())
+}
+
+/// Same as [`sh`] without echoing: for polls.
+pub(super) fn quiet(argv: &[&str]) -> Option<String> {
+    let (prog, args) = argv.split_first()?;
+    let out = Command::new(prog).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub(super) fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            println!("  {what}: after {:.1} s", t.elapsed().as_secs_f64());
+            return Ok(v);
+        }
+        if t.elapsed() > timeout {
+            bail!("timed out after {} s waiting for {what}", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+pub fn controller_set(text: &str) -> BTreeSet<String> {
+    text.split_whitespace().map(str::to_string).collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn user_cgroup() -> String {
+    format!(
+        "/sys/fs/cgroup/user.slice/user-{TEST_UID}.slice/user@{TEST_UID}.service/cgroup.controllers"
+    )
+}
+
+/// The (fstype, options) of the mount at `mount_point` in a mountinfo text.
+pub fn mount_of(mountinfo: &str, mount_point: &str) -> Option<(String, String)> {
+    mountinfo.lines().rev().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let pre: Vec<&str> = pre.split(' ').collect();
+        if pre.get(4) != Some(&mount_point) {
+            return None;
+        }
+        let fstype = post.split(' ').next()?;
+        Some((fstype.to_string(), pre.get(5)?.to_string()))
+    })
+}
+
+fn boot() -> Result<()> {
+    ensure!(
+        ok(&["systemctl", "is-active", "multi-user.target"])? == "active",
+        "multi-user.target is not active"
+    );
+    let failed = ok(&[
+        "systemctl",
+        "list-units",
+        "--state=failed",
+        "--plain",
+        "--no-legend",
+    ])?;
+    ensure!(failed.is_empty(), "failed units:\n{failed}");
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let (fstype, _) = mount_of(&mi, "/sys/fs/cgroup").context("/sys/fs/cgroup is not mounted")?;
+    ensure!(
+        fstype == "cgroup2",
+        "/sys/fs/cgroup is {fstype}, not cgroup2"
+    );
+    let root = controller_set(&std::fs::read_to_string(
+        "/sys/fs/cgroup/cgroup.controllers",
+    )?);
+    println!("  root controllers: {root:?}");
+    ensure!(
+        root.is_superset(&set(ALL_CONTROLLERS)),
+        "root cgroup lacks some of {ALL_CONTROLLERS:?}: {root:?}"
+    );
+    ok(&["uname", "-r"])?;
+    ok(&["podman", "--version"])?;
+    Ok(())
+}
+
+fn start_user_manager() -> Result<()> {
+    ok(&["systemctl", "start", &format!("user@{TEST_UID}.service")]).map(|_| ())
+}
+
+fn delegation_default() -> Result<()> {
+    start_user_manager()?;
+    ok(&[
+        "systemctl",
+        "show",
+        "-p",
+        "DelegateControllers",
+        &format!("user@{TEST_UID}.service"),
+    ])?;
+    let have = controller_set(&std::fs::read_to_string(user_cgroup())?);
+    println!("  {}: {have:?}", user_cgroup());
+    ensure!(
+        have == set(&["cpu", "memory", "pids"]),
+        "expected trixie's default delegation cpu memory pids, got {have:?}"
+    );
+    Ok(())
+}
+
+fn delegation_dropin() -> Result<()> {
+    let p = Path::new(DELEGATE_DROPIN_PATH);
+    std::fs::create_dir_all(p.parent().expect("has a parent"))?;
+    std::fs::write(p, DELEGATE_DROPIN)?;
+    println!("  wrote {DELEGATE_DROPIN_PATH}:\n{DELEGATE_DROPIN}");
+    ok(&["systemctl", "daemon-reload"])?;
+    ok(&["systemctl", "restart", &format!("user@{TEST_UID}.service")])?;
+    let want = set(ALL_CONTROLLERS);
+    let have = poll("cpuset and io delegated", Duration::from_secs(30), || {
+        let have = controller_set(&std::fs::read_to_string(user_cgroup()).ok()?);
+        (have == want).then_some(have)
+    })?;
+    println!("  {}: {have:?}", user_cgroup());
+    Ok(())
+}
+
+fn kinc_doctor(after_dropin: bool) -> Result<()> {
+    let kinc = guest_bin("kinc");
+    let o = sh(&[&kinc, "doctor"])?;
+    let all = format!("{}{}", o.stdout, o.stderr);
+    if after_dropin {
+        ensure!(
+            o.code == 0,
+            "kinc doctor exited {} on a prepared host",
+            o.code
+        );
+        ensure!(
+            !all.contains("delegate.conf"),
+            "kinc doctor still asks for the delegation drop-in after it was applied"
+        );
+    } else {
+        for word in [
+            "cpuset",
+            "io",
+            "delegate.conf",
+            "Delegate=cpu cpuset io memory pids",
+        ] {
+            ensure!(
+                all.contains(word),
+                "kinc doctor on trixie's default delegation does not mention {word:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn podman_rootless() -> Result<()> {
+    let info: serde_json::Value =
+        serde_json::from_str(&ok_data(&["podman", "info", "--format", "json"])?)
+            .context("parsing `podman info --format json`")?;
+    let get = |ptr: &str| {
+        info.pointer(ptr)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let version = get("/version/Version");
+    println!("  podman {version}");
+    let mut problems = Vec::new();
+    if !version.as_str().is_some_and(|v| v.starts_with("5.")) {
+        problems.push(format!("version {version}, expected 5.x"));
+    }
+    for (ptr, want) in [
+        ("/host/cgroupVersion", "v2"),
+        ("/host/cgroupManager", "systemd"),
+        ("/host/networkBackend", "netavark"),
+        ("/host/ociRuntime/name", "crun"),
+        ("/store/graphDriverName", "overlay"),
+    ] {
+        let have = get(ptr);
+        println!("  {ptr} = {have}");
+        if have.as_str() != Some(want) {
+            problems.push(format!("{ptr} is {have}, expected {want:?}"));
+        }
+    }
+    if get("/host/security/rootless") != serde_json::Value::Bool(true) {
+        problems.push("host.security.rootless is not true".into());
+    }
+    let pasta = get("/host/pasta/executable");
+    println!("  /host/pasta/executable = {pasta}");
+    if pasta.as_str().is_none_or(|p| p.is_empty()) {
+        problems.push("no pasta executable".into());
+    }
+    ensure!(problems.is_empty(), "{}", problems.join("; "));
+    Ok(())
+}
+
+/// At build time: the stand-in's base image in the test user's storage.
+fn provision() -> Result<()> {
+    let t = Instant::now();
+    import_standin()?;
+    println!("  podman import: {:.1} s", t.elapsed().as_secs_f64());
+    ok(&["podman", "images"])?;
+    Ok(())
+}
+
+/// The stand-in's base image (imported at build time), plus a layer with the binaries.
+fn node_image() -> Result<()> {
+    if quiet(&["podman", "image", "exists", STANDIN_BASE]).is_none() {
+        let t = Instant::now();
+        import_standin()?;
+        println!("  podman import: {:.1} s", t.elapsed().as_secs_f64());
+    }
+    let home = format!("/home/{TEST_USER}");
+    let ctx = Path::new(&home).join("e2e-node-context");
+    if ctx.exists() {
+        std::fs::remove_dir_all(&ctx)?;
+    }
+    std::fs::create_dir_all(ctx.join("bin"))?;
+    std::fs::copy(
+        format!("{}/agent", super::config::CTL_MOUNT),
+        ctx.join("xtask"),
+    )
+    .context("copying the agent")?;
+    let mut carried = Vec::new();
+    for b in super::e2e::NODE_BINARIES {
+        let src = guest_bin(b.bin);
+        if Path::new(&src).is_file() {
+            std::fs::copy(&src, ctx.join("bin").join(b.bin))?;
+            carried.push(b.bin);
+        }
+    }
+    println!("  real binaries carried: {carried:?}");
+    // The units again, from this binary: fixing them needs no image rebuild.
+    std::fs::create_dir_all(ctx.join("units"))?;
+    for f in super::config::node_files() {
+        if let Some(unit) = f.path.strip_prefix("etc/systemd/system/") {
+            std::fs::write(ctx.join("units").join(unit), &f.content)?;
+        }
+    }
+    std::fs::write(ctx.join("Containerfile"), node_containerfile())?;
+    let t = Instant::now();
+    ok(&[
+        "podman",
+        "build",
+        "--pull=never",
+        "--network=none",
+        "-t",
+        DEFAULT_NODE_IMAGE,
+        "-f",
+        &ctx.join("Containerfile").to_string_lossy(),
+        &ctx.to_string_lossy(),
+    ])?;
+    println!("  podman build: {:.1} s", t.elapsed().as_secs_f64());
+    ok(&["podman", "image", "exists", DEFAULT_NODE_IMAGE])?;
+    Ok(())
+}
+
+/// `zstd -dc TARBALL | podman import ... - IMAGE`: podman 5.4 computes a wrong DiffID when
+/// it decompresses a zstd file itself ("does not match config's DiffID"), so it gets the
+/// plain tar on stdin.
+fn import_standin() -> Result<()> {
+    let argv = [
+        "podman",
+        "import",
+        "--change",
+        "CMD [\"/sbin/init\"]",
+        "--change",
+        "STOPSIGNAL SIGRTMIN+3",
+        "--change",
+        "ENV container=podman",
+        "-",
+        STANDIN_BASE,
+    ];
+    println!("$ zstd -dc {NODE_TARBALL} | {}", argv.join(" "));
+    let mut zstd = Command::new("zstd")
+        .args(["-dc", NODE_TARBALL])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting zstd")?;
+    let tar = zstd.stdout.take().expect("piped");
+    let st = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(tar)
+        .status()
+        .context("starting podman import")?;
+    let zst = zstd.wait()?;
+    ensure!(zst.success(), "zstd -dc {NODE_TARBALL}: {zst}");
+    ensure!(st.success(), "podman import: {st}");
+    Ok(())
+}
+
+/// The per-run layer: no RUN instruction, so the build needs no network and no runtime.
+pub fn node_containerfile() -> String {
+    format!(
+        "FROM {STANDIN_BASE}\n\
+         LABEL io.kinc.standin=true\n\
+         COPY xtask {NODE_XTASK}\n\
+         COPY units/ /etc/systemd/system/\n\
+         COPY bin/ /usr/local/bin/\n"
+    )
+}
+
+/// A running container, removed on drop (also when a check fails halfway).
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = quiet(&["podman", "rm", "-f", "-t", "0", &self.0]);
+    }
+}
+
+fn run_node(name: &str, host_port: u16) -> Result<Container> {
+    let _ = quiet(&["podman", "rm", "-f", "-t", "0", name]);
+    let publish = format!(
+        "127.0.0.1:{host_port}:{}",
+        kinc_types::config::NODE_API_PORT
+    );
+    ok(&[
+        "podman",
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--publish",
+        &publish,
+        DEFAULT_NODE_IMAGE,
+    ])?;
+    let c = Container(name.to_string());
+    // `podman exec` right after `run` can come before systemd opened its bus: poll.
+    let state = poll("systemd in the node up", Duration::from_secs(180), || {
+        let s = quiet_any(&["podman", "exec", name, "systemctl", "is-system-running"])?;
+        matches!(s.as_str(), "running" | "degraded").then_some(s)
+    })?;
+    if state == "degraded" {
+        sh(&[
+            "podman",
+            "exec",
+            name,
+            "systemctl",
+            "--failed",
+            "--no-legend",
+        ])?;
+    }
+    Ok(c)
+}
+
+/// Stdout whatever the exit status (is-system-running exits 1 when degraded).
+fn quiet_any(argv: &[&str]) -> Option<String> {
+    let (prog, args) = argv.split_first()?;
+    let out = Command::new(prog).args(args).output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub(super) fn exec(name: &str, argv: &[&str]) -> Result<String> {
+    let mut v = vec!["podman", "exec", name];
+    v.extend_from_slice(argv);
+    ok(&v)
+}
+
+fn node_status(name: &str) -> Result<kinc_types::BootstrapStatus> {
+    let path = kinc_types::status::STATUS_PATH;
+    poll("bootstrap status ready", Duration::from_secs(60), || {
+        let text = quiet(&["podman", "exec", name, "cat", path])?;
+        let st = kinc_types::BootstrapStatus::from_json(text.as_bytes(), path).ok()?;
+        (st.phase != kinc_types::status::Phase::Bootstrapping).then_some(st)
+    })
+}
+
+fn node_systemd() -> Result<()> {
+    let name = "kinc-e2e-node";
+    let port = 16443;
+    let _c = run_node(name, port)?;
+    ensure!(
+        exec(name, &["cat", "/proc/1/comm"])? == "systemd",
+        "PID 1 is not systemd"
+    );
+    let cg = exec(name, &["cat", "/proc/1/cgroup"])?;
+    ensure!(
+        cg == "0::/init.scope",
+        "PID 1's cgroup is {cg:?}, expected 0::/init.scope (a cgroup namespace)"
+    );
+    let mi = exec(name, &["cat", "/proc/self/mountinfo"])?;
+    let (fstype, opts) =
+        mount_of(&mi, "/sys/fs/cgroup").context("no /sys/fs/cgroup in the node")?;
+    ensure!(
+        fstype == "cgroup2" && opts.split(',').any(|o| o == "rw"),
+        "/sys/fs/cgroup in the node is {fstype} {opts}, expected cgroup2 rw"
+    );
+    let have = controller_set(&exec(name, &["cat", "/sys/fs/cgroup/cgroup.controllers"])?);
+    ensure!(
+        have.is_superset(&set(ALL_CONTROLLERS)),
+        "the node's cgroup namespace root lacks some of {ALL_CONTROLLERS:?}: {have:?}"
+    );
+    let st = node_status(name)?;
+    println!(
+        "  status: phase {:?}, steps {:?}",
+        st.phase,
+        st.steps
+            .iter()
+            .map(|s| (&s.name, s.state))
+            .collect::<Vec<_>>()
+    );
+    ensure!(st.is_ready(), "bootstrap status is not ready: {st:?}");
+    let url = format!("https://127.0.0.1:{port}/");
+    let code = poll("HTTPS on the API port", Duration::from_secs(60), || {
+        let c = quiet(&[
+            "curl",
+            "-sk",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ])?;
+        (c == "200").then_some(c)
+    })?;
+    println!("  {url} -> HTTP {code}");
+    let listen = ok(&["ss", "-Hltn"])?;
+    ensure!(
+        listen.contains(&format!("127.0.0.1:{port} ")),
+        "nothing listens on 127.0.0.1:{port}"
+    );
+    ensure!(
+        !listen.contains(&format!("0.0.0.0:{port} ")) && !listen.contains(&format!("*:{port} ")),
+        "port {port} is bound beyond 127.0.0.1"
+    );
+    Ok(())
+}
+
+fn node_cgroup_setup() -> Result<()> {
+    let name = "kinc-e2e-cgsetup";
+    let _c = run_node(name, 16445)?;
+    let st = node_status(name)?;
+    let step = st
+        .step("cgroup-setup")
+        .context("no cgroup-setup step in the status")?;
+    ensure!(
+        step.state == kinc_types::StepState::Done,
+        "cgroup-setup step is {:?}: {:?}",
+        step.state,
+        step.message
+    );
+    let root = kinc_types::node::KUBELET_CGROUP_ROOT;
+    let have = controller_set(&exec(
+        name,
+        &["cat", &format!("/sys/fs/cgroup{root}/cgroup.controllers")],
+    )?);
+    ensure!(
+        have.is_superset(&set(ALL_CONTROLLERS)),
+        "kubelet's cgroup root {root} lacks some of {ALL_CONTROLLERS:?}: {have:?}"
+    );
+    Ok(())
+}
+
+pub fn quadlet_file() -> String {
+    format!(
+        "[Unit]\n\
+         Description=kinc e2e: the node stand-in under Quadlet\n\
+         \n\
+         [Container]\n\
+         Image={DEFAULT_NODE_IMAGE}\n\
+         ContainerName={QUADLET_CONTAINER}\n\
+         PublishPort=127.0.0.1:16444:{}\n\
+         \n\
+         [Install]\n\
+         WantedBy=default.target\n",
+        kinc_types::config::NODE_API_PORT
+    )
+}
+
+fn quadlet_dir() -> String {
+    format!("/home/{TEST_USER}/.config/containers/systemd")
+}
+
+fn quadlet_start() -> Result<()> {
+    let dir = quadlet_dir();
+    std::fs::create_dir_all(&dir)?;
+    let file = format!("{dir}/{QUADLET_UNIT}.container");
+    std::fs::write(&file, quadlet_file())?;
+    println!("  wrote {file}");
+    let t = Instant::now();
+    ok(&["systemctl", "--user", "daemon-reload"])?;
+    println!("  daemon-reload: {:.1} s", t.elapsed().as_secs_f64());
+    let unit = format!("{QUADLET_UNIT}.service");
+    let text = ok(&["systemctl", "--user", "cat", &unit])?;
+    ensure!(
+        text.contains("podman"),
+        "generated unit does not run podman"
+    );
+    let t = Instant::now();
+    ok(&["systemctl", "--user", "start", &unit])?;
+    println!("  start: {:.1} s", t.elapsed().as_secs_f64());
+    quadlet_is_up(&unit)
+}
+
+fn quadlet_is_up(unit: &str) -> Result<()> {
+    poll("Quadlet unit active", Duration::from_secs(180), || {
+        (quiet(&["systemctl", "--user", "is-active", unit])? == "active").then_some(())
+    })?;
+    let running = ok(&[
+        "podman",
+        "inspect",
+        "-f",
+        "{{.State.Running}}",
+        QUADLET_CONTAINER,
+    ])?;
+    ensure!(
+        running == "true",
+        "container {QUADLET_CONTAINER} is not running"
+    );
+    poll(
+        "systemd in the Quadlet node up",
+        Duration::from_secs(180),
+        || {
+            let s = quiet_any(&[
+                "podman",
+                "exec",
+                QUADLET_CONTAINER,
+                "systemctl",
+                "is-system-running",
+            ])?;
+            matches!(s.as_str(), "running" | "degraded").then_some(())
+        },
+    )?;
+    ensure!(
+        exec(QUADLET_CONTAINER, &["cat", "/proc/1/comm"])? == "systemd",
+        "PID 1 of the Quadlet node is not systemd"
+    );
+    Ok(())
+}
+
+fn quadlet_after_reboot() -> Result<()> {
+    let unit = format!("{QUADLET_UNIT}.service");
+    ok(&["cat", "/proc/sys/kernel/random/boot_id"])?;
+    let up = quadlet_is_up(&unit);
+    // Clean up whatever happened, then report.
+    let _ = sh(&["systemctl", "--user", "stop", &unit]);
+    let _ = std::fs::remove_file(format!("{}/{QUADLET_UNIT}.container", quadlet_dir()));
+    let _ = sh(&["systemctl", "--user", "daemon-reload"]);
+    let _ = quiet(&["podman", "rm", "-f", "-t", "0", QUADLET_CONTAINER]);
+    up?;
+    let gone = sh(&["systemctl", "--user", "cat", &unit])?;
+    ensure!(
+        gone.code != 0,
+        "{unit} still exists after its .container file was removed"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_parsing() {
+        let mi = "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate\n\
+                  36 24 0:31 / /sys/fs/bpf rw - bpf bpf rw\n";
+        assert_eq!(
+            mount_of(mi, "/sys/fs/cgroup"),
+            Some(("cgroup2".into(), "rw,nosuid,nodev,noexec,relatime".into()))
+        );
+        assert_eq!(mount_of(mi, "/sys"), None);
+        // The last mount on a point wins (it hides the ones below).
+        let two = format!("{mi}40 24 0:40 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n");
+        assert_eq!(mount_of(&two, "/sys/fs/cgroup").unwrap().0, "tmpfs");
+    }
+
+    #[test]
+    fn rendered_guest_files() {
+        let q = quadlet_file();
+        assert!(q.contains(&format!("Image={DEFAULT_NODE_IMAGE}\n")));
+        assert!(q.contains("PublishPort=127.0.0.1:16444:6443"));
+        assert!(q.contains("WantedBy=default.target"));
+        let c = node_containerfile();
+        assert!(c.starts_with(&format!("FROM {STANDIN_BASE}\n")));
+        assert!(!c.contains("RUN"), "the layer must build without a runtime");
+        assert_eq!(
+            controller_set("cpu  memory\npids\n"),
+            set(&["cpu", "memory", "pids"])
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! Guest-side checks of the kinc CLI and the binaries the node carries. They run only when
+//! the crate is in the workspace (the host side plans them); the CLI's shape is the one
+//! its error messages teach: `kinc create cluster --name N`, `kinc status --name N`,
+//! `kinc delete cluster --name N`.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use kinc_types::{labels, ClusterName};
+
+use super::config::TEST_USER;
+use super::e2e::guest_bin;
+use super::e2e_checks::{exec, ok, poll, quiet, sh};
+
+pub const CLUSTER: &str = "e2e";
+const PARALLEL: &[&str] = &["par1", "par2", "par3"];
+const INTERRUPTED: &str = "halfway";
+
+fn kinc() -> String {
+    guest_bin("kinc")
+}
+
+fn container_of(cluster: &str) -> Result<String> {
+    Ok(ClusterName::new(cluster)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .container())
+}
+
+fn label(container: &str, key: &str) -> Result<String> {
+    ok(&[
+        "podman",
+        "inspect",
+        "-f",
+        &format!("{{{{index .Config.Labels \"{key}\"}}}}"),
+        container,
+    ])
+}
+
+fn quadlet_files(cluster: &str) -> Vec<String> {
+    let dir = format!("/home/{TEST_USER}/.config/containers/systemd");
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(cluster))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The systemd unit Quadlet generates for a file: `x.container` -> `x.service`,
+/// `x.volume` -> `x-volume.service`.
+pub fn unit_for(file: &str) -> Option<String> {
+    if let Some(stem) = file.strip_suffix(".container") {
+        Some(format!("{stem}.service"))
+    } else {
+        file.strip_suffix(".volume")
+            .map(|stem| format!("{stem}-volume.service"))
+    }
+}
+
+fn running(container: &str) -> bool {
+    quiet(&["podman", "inspect", "-f", "{{.State.Running}}", container]).as_deref() == Some("true")
+}
+
+/// The node is up, its units are active, its API port is bound on 127.0.0.1 only.
+fn cluster_is_up(cluster: &str) -> Result<()> {
+    let node = container_of(cluster)?;
+    poll("node container running", Duration::from_secs(180), || {
+        running(&node).then_some(())
+    })?;
+    let files = quadlet_files(cluster);
+    ensure!(
+        files.iter().any(|f| f.ends_with(".container")),
+        "no Quadlet .container file for {cluster} in ~/.config/containers/systemd: {files:?}"
+    );
+    for unit in files.iter().filter_map(|f| unit_for(f)) {
+        let state = quiet(&["systemctl", "--user", "is-active", &unit]).unwrap_or_default();
+        ensure!(state == "active", "{unit} is {state:?}, not active");
+    }
+    ensure!(
+        exec(&node, &["cat", "/proc/1/comm"])? == "systemd",
+        "PID 1 of {node} is not systemd"
+    );
+    let port = label(&node, labels::API_PORT)?;
+    let listen = ok(&["ss", "-Hltn"])?;
+    ensure!(
+        listen.contains(&format!("127.0.0.1:{port} ")),
+        "API port {port} is not bound on 127.0.0.1"
+    );
+    ensure!(
+        !listen.contains(&format!("0.0.0.0:{port} ")) && !listen.contains(&format!("*:{port} ")),
+        "API port {port} is bound beyond 127.0.0.1"
+    );
+    let status = ok(&[&kinc(), "status", "--name", cluster])?;
+    ensure!(
+        status.contains("cgroup-setup"),
+        "`kinc status` does not show the bootstrap steps"
+    );
+    Ok(())
+}
+
+pub fn create() -> Result<()> {
+    ok(&[&kinc(), "create", "cluster", "--name", CLUSTER])?;
+    cluster_is_up(CLUSTER)
+}
+
+pub fn after_reboot() -> Result<()> {
+    ok(&["cat", "/proc/sys/kernel/random/boot_id"])?;
+    cluster_is_up(CLUSTER)
+}
+
+/// `kinc delete` leaves no unit, container or volume of the cluster.
+fn assert_gone(cluster: &str) -> Result<()> {
+    let node = container_of(cluster)?;
+    ensure!(
+        quiet(&["podman", "container", "exists", &node]).is_none(),
+        "container {node} still exists"
+    );
+    let vols = ok(&[
+        "podman",
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &labels::filter(labels::CLUSTER, cluster),
+    ])?;
+    ensure!(vols.is_empty(), "volumes of {cluster} left: {vols}");
+    let files = quadlet_files(cluster);
+    ensure!(
+        files.is_empty(),
+        "Quadlet files of {cluster} left: {files:?}"
+    );
+    Ok(())
+}
+
+pub fn delete() -> Result<()> {
+    ok(&[&kinc(), "delete", "cluster", "--name", CLUSTER])?;
+    assert_gone(CLUSTER)
+}
+
+fn spawn_create(name: &str) -> Result<Child> {
+    Command::new(kinc())
+        .args(["create", "cluster", "--name", name])
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting kinc create {name}"))
+}
+
+/// `a.b.c.d/n` as (network, prefix length).
+pub fn parse_cidr(s: &str) -> Option<(u32, u32)> {
+    let (addr, len) = s.trim().split_once('/')?;
+    let ip: std::net::Ipv4Addr = addr.parse().ok()?;
+    let len: u32 = len.parse().ok().filter(|l| *l <= 32)?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Some((u32::from(ip) & mask, len))
+}
+
+pub fn cidrs_overlap(a: (u32, u32), b: (u32, u32)) -> bool {
+    let len = a.1.min(b.1);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    a.0 & mask == b.0 & mask
+}
+
+/// Three creates at once: distinct API ports, pairwise disjoint pod and service ranges.
+pub fn parallel() -> Result<()> {
+    let children: Vec<(String, Result<Child>)> = PARALLEL
+        .iter()
+        .map(|n| (n.to_string(), spawn_create(n)))
+        .collect();
+    let mut failures = Vec::new();
+    for (n, c) in children {
+        let st = c?.wait()?;
+        if !st.success() {
+            failures.push(format!("{n}: {st}"));
+        }
+    }
+    let result = (|| -> Result<()> {
+        ensure!(failures.is_empty(), "parallel creates failed: {failures:?}");
+        let mut ports = BTreeSet::new();
+        let mut ranges = Vec::new();
+        for n in PARALLEL {
+            let node = container_of(n)?;
+            ports.insert(label(&node, labels::API_PORT)?);
+            for key in [labels::POD_SUBNET, labels::SERVICE_SUBNET] {
+                let v = label(&node, key)?;
+                ranges.push((
+                    format!("{n} {key}={v}"),
+                    parse_cidr(&v).context("bad CIDR")?,
+                ));
+            }
+        }
+        ensure!(
+            ports.len() == PARALLEL.len(),
+            "API ports collide: {ports:?}"
+        );
+        for (i, (na, a)) in ranges.iter().enumerate() {
+            for (nb, b) in &ranges[i + 1..] {
+                ensure!(!cidrs_overlap(*a, *b), "{na} overlaps {nb}");
+            }
+        }
+        Ok(())
+    })();
+    for n in PARALLEL {
+        let _ = sh(&[&kinc(), "delete", "cluster", "--name", n]);
+    }
+    result?;
+    for n in PARALLEL {
+        assert_gone(n)?;
+    }
+    Ok(())
+}
+
+/// A create interrupted once its node container exists leaves nothing after `delete`.
+pub fn interrupted() -> Result<()> {
+    let node = container_of(INTERRUPTED)?;
+    let mut child = spawn_create(INTERRUPTED)?;
+    let seen = poll("node container created", Duration::from_secs(180), || {
+        if quiet(&["podman", "container", "exists", &node]).is_some() {
+            return Some(true);
+        }
+        matches!(child.try_wait(), Ok(Some(_))).then_some(false)
+    })?;
+    // SAFETY: kill(2) of our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let st = child.wait()?;
+    println!("  create interrupted (container seen: {seen}): {st}");
+    ok(&[&kinc(), "delete", "cluster", "--name", INTERRUPTED])?;
+    assert_gone(INTERRUPTED)
+}
+
+/// kincnet answers the CNI VERSION command inside the running node (its user namespace).
+pub fn kincnet_version() -> Result<()> {
+    let node = container_of(CLUSTER)?;
+    let out = ok(&[
+        "podman",
+        "exec",
+        "--env",
+        "CNI_COMMAND=VERSION",
+        &node,
+        "/usr/local/bin/kincnet",
+    ])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("kincnet VERSION output")?;
+    ensure!(
+        v.get("supportedVersions").is_some_and(|s| s.is_array()),
+        "no supportedVersions in {out}"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_overlap() {
+        let a = parse_cidr("10.244.0.0/24").unwrap();
+        let b = parse_cidr("10.244.1.0/24").unwrap();
+        let c = parse_cidr("10.244.0.0/16").unwrap();
+        assert!(!cidrs_overlap(a, b));
+        assert!(cidrs_overlap(a, c) && cidrs_overlap(c, b));
+        assert_eq!(parse_cidr("10.244.0.7/24"), Some((0x0af4_0000, 24)));
+        assert_eq!(parse_cidr("10.0.0.0/33"), None);
+        assert_eq!(parse_cidr("nope"), None);
+    }
+
+    #[test]
+    fn quadlet_unit_names() {
+        assert_eq!(
+            unit_for("kinc-e2e.container").as_deref(),
+            Some("kinc-e2e.service")
+        );
+        assert_eq!(
+            unit_for("kinc-e2e-var.volume").as_deref(),
+            Some("kinc-e2e-var-volume.service")
+        );
+        assert_eq!(unit_for("x.network"), None);
+    }
+}
