@@ -108,7 +108,18 @@ fn build_release(root: &Path, wanted: &[Binary]) -> anyhow::Result<Vec<(Binary, 
     if !present.is_empty() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(&cargo);
-        cmd.current_dir(root).args(["build", "--release"]);
+        // Static, non-PIE binaries: each is exec'd per pod or per runtime call, and
+        // skipping the dynamic loader saves ~0.5 ms a start on a small VM. The explicit
+        // --target keeps these flags off build scripts and proc-macros.
+        cmd.current_dir(root)
+            .args(["build", "--release", "--target", &node_target()])
+            .env(
+                format!(
+                    "CARGO_TARGET_{}_RUSTFLAGS",
+                    node_target().to_uppercase().replace('-', "_")
+                ),
+                "-C target-feature=+crt-static -C relocation-model=static",
+            );
         for b in &present {
             cmd.args(["-p", b.krate]);
         }
@@ -120,7 +131,15 @@ fn build_release(root: &Path, wanted: &[Binary]) -> anyhow::Result<Vec<(Binary, 
             bail!("`cargo build --release` failed ({status})");
         }
     }
-    Ok(context::binaries_in(&root.join("target/release"), wanted))
+    Ok(context::binaries_in(
+        &root.join("target").join(node_target()).join("release"),
+        wanted,
+    ))
+}
+
+/// The target triple of the node's binaries: this machine's architecture, glibc.
+fn node_target() -> String {
+    format!("{}-unknown-linux-gnu", std::env::consts::ARCH)
 }
 
 /// Runs `podman build`; a missing podman or a failed build (usually no network) is an

@@ -19,6 +19,12 @@ const CRUN: &str = "/usr/bin/crun";
 const JQ_PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/jq-wrapper.sh");
 const WRAPPER: &str = env!("CARGO_BIN_EXE_crun-wrapper");
 
+/// The wrapper binary to measure: `CRUN_WRAPPER_BENCH_BIN` (e.g. the static build
+/// `cargo xtask image` ships), else this build's.
+fn wrapper() -> String {
+    std::env::var("CRUN_WRAPPER_BENCH_BIN").unwrap_or_else(|_| WRAPPER.to_string())
+}
+
 fn main() {
     if !kinc_testutil::is_root() || kinc_testutil::which("jq").is_none() {
         eprintln!("SKIP crun-wrapper bench: needs root, crun and jq");
@@ -60,11 +66,13 @@ fn main() {
     let cfg = dir.path().join("crun-wrapper.toml");
     std::fs::write(&cfg, "crun = \"/usr/bin/crun\"\n").unwrap();
     std::env::set_var("KINC_CRUN_WRAPPER_CONFIG", &cfg);
+    let wrapper = wrapper();
+    eprintln!("measuring {wrapper}");
 
     // Interleaved: each round runs every variant once, so load changes hit all alike.
     let variants: [(&str, &str, &[u8]); 3] = [
         ("crun", CRUN, &fixed),
-        ("crun-wrapper", WRAPPER, &original),
+        ("crun-wrapper", wrapper.as_str(), &original),
         ("jq + exec", JQ_PEER, &original),
     ];
     let rounds_version = 100;
@@ -87,7 +95,7 @@ fn main() {
         // as JSON (checked once).
         if round == 0 {
             std::fs::write(&spec_path, &original).unwrap();
-            let st = Command::new(WRAPPER)
+            let st = Command::new(&wrapper)
                 .args(["explain", "--json"])
                 .arg(&bundle)
                 .stdout(Stdio::null())

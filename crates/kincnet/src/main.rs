@@ -3,12 +3,17 @@
 use std::io::{Read, Write};
 
 fn main() {
-    if std::env::args()
-        .nth(1)
-        .is_some_and(|a| a == "--help" || a == "-h")
-    {
-        print!("{}", kincnet::HELP);
-        return;
+    match std::env::args().nth(1).as_deref() {
+        Some("--help" | "-h") => {
+            print!("{}", kincnet::HELP);
+            return;
+        }
+        // For people and image checks; runtimes use CNI_COMMAND=VERSION.
+        Some("--version" | "-V") => {
+            println!("kincnet {}", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        _ => {}
     }
     let mut stdin = Vec::new();
     // VERSION may come with no stdin at all; a read error is the same as empty input.

@@ -328,3 +328,11 @@ fn help_teaches_usage() {
     assert!(out.status.success());
     assert!(s.contains("CNI_COMMAND") && s.contains("conflist"));
 }
+
+#[test]
+fn version_flag_names_the_plugin() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.starts_with("kincnet "), "{s}");
+}
