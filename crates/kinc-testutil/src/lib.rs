@@ -29,6 +29,23 @@ pub fn which(tool: &str) -> Option<PathBuf> {
     found
 }
 
+/// Runs `prog args...` and returns its stdout; panics with the command, its stdout and
+/// stderr when it cannot start or exits non-zero. For test set-up (`ip`, `nft`, ...).
+#[track_caller]
+pub fn run(prog: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{prog} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{prog} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Returns whether the test may go on. When `ok` is false: on CI it panics with
 /// `what`; elsewhere it prints `SKIP <test>: <what>` and returns false.
 #[track_caller]
@@ -79,6 +96,12 @@ mod tests {
     fn which_finds_sh() {
         assert!(which("sh").is_some());
         assert!(which("no-such-tool-kinc").is_none());
+    }
+
+    #[test]
+    fn run_returns_stdout_and_panics_on_failure() {
+        assert_eq!(run("echo", &["hi"]), "hi\n");
+        assert!(std::panic::catch_unwind(|| run("false", &[])).is_err());
     }
 
     #[test]

@@ -14,19 +14,7 @@ use std::time::Duration;
 
 use kincnet_policy::model::PROTO_TCP;
 
-pub fn run(prog: &str, args: &[&str]) -> String {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{prog} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{prog} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use kinc_testutil::run;
 
 /// A named network namespace, deleted on drop.
 pub struct Netns {
