@@ -364,3 +364,35 @@ fn verdict_maps_and_interval_sets_work_in_the_kernel() {
         assert_eq!(s.list_elems(&vm).unwrap(), vm_elems[..1].to_vec());
     });
 }
+
+#[test]
+fn one_transaction_of_200k_elements_fits_the_socket() {
+    kinc_testutil::require_root_and!("ip");
+    let ns = Netns::new("nl");
+    ns.run(|| {
+        let mut s = Socket::open().unwrap();
+        // set big { type ipv4_addr . ipv4_addr } (hash)
+        let big = Set {
+            family: Family::Inet,
+            table: T.into(),
+            name: "big".into(),
+            key_type: concat_type(&[consts::TYPE_IPADDR, consts::TYPE_IPADDR]),
+            key_fields: vec![4, 4],
+            data: None,
+            flags: 0,
+        };
+        let elems: Vec<Elem> = (0u32..200_000)
+            .map(|i| {
+                let mut k = 0x0a00_0000u32.wrapping_add(i).to_be_bytes().to_vec();
+                k.extend_from_slice(&[10, 1, 0, 1]);
+                Elem::key(k)
+            })
+            .collect();
+        let mut msgs = vec![table().add_msg(), big.add_msg(1)];
+        msgs.extend(elems.chunks(1000).map(|c| big.add_elems_msg(c)));
+        // Some 7 MB in one sendto: more than the 4 MB asked for at open.
+        s.commit(&msgs, None).unwrap();
+        assert!(s.sndbuf() > 7 << 20, "send buffer {}", s.sndbuf());
+        assert_eq!(s.list_elems(&big).unwrap().len(), elems.len());
+    });
+}

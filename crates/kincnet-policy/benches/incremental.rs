@@ -1,7 +1,8 @@
 //! Time to apply one change with 1,000 pods and 200 policies programmed: incremental
 //! reconcile (this crate) side by side with the naive peer, a full recompile + diff.
 //! As root it also applies each diff to nf_tables in a scratch network namespace (one
-//! transaction) and reports the kernel time too.
+//! transaction each) and reports the kernel time, side by side with the previous
+//! layout (every element, exact or not, in one interval set per direction).
 //!
 //! `cargo bench -p kincnet-policy --bench incremental`
 
@@ -122,24 +123,125 @@ fn scratch_netns() -> Option<Netns> {
     Some(ns)
 }
 
-/// Splits an add-only diff: allow elements first, isolation last.
-fn pieces(d: &Diff, n: usize) -> Vec<Diff> {
-    let mut out = Vec::new();
-    for c in d.ingress.add.chunks(n) {
-        let mut x = Diff::default();
-        x.ingress.add = c.to_vec();
-        out.push(x);
+/// The previous layout, as the kernel-side peer: one concatenated interval set per
+/// direction, `local . peer . proto . port`, holding every element of every pod.
+mod single_set {
+    use std::net::Ipv4Addr;
+
+    use kinc_nft::nl::consts::*;
+    use kinc_nft::nl::{concat_type, Elem, Family, Msg, Set, Socket, Table};
+    use kincnet_policy::{AllowElem, Compiled, Diff, Direction};
+
+    pub const TABLE: &str = "kincbench_single";
+
+    fn set(dir: Direction) -> Set {
+        Set {
+            family: Family::Ip,
+            table: TABLE.into(),
+            name: format!("{dir:?}").to_lowercase(),
+            key_type: concat_type(&[
+                TYPE_IPADDR,
+                TYPE_IPADDR,
+                TYPE_INET_PROTOCOL,
+                TYPE_INET_SERVICE,
+            ]),
+            key_fields: vec![4, 4, 1, 2],
+            data: None,
+            flags: NFT_SET_INTERVAL,
+        }
     }
-    for c in d.egress.add.chunks(n) {
-        let mut x = Diff::default();
-        x.egress.add = c.to_vec();
-        out.push(x);
+
+    fn key(l: Ipv4Addr, p: Ipv4Addr, proto: u8, port: u16) -> Vec<u8> {
+        let mut k = l.octets().to_vec();
+        k.extend_from_slice(&p.octets());
+        k.extend_from_slice(&[proto, 0, 0, 0]);
+        k.extend_from_slice(&port.to_be_bytes());
+        k.extend_from_slice(&[0, 0]);
+        k
     }
-    let mut last = Diff::default();
-    last.ingress.isolate = d.ingress.isolate.clone();
-    last.egress.isolate = d.egress.isolate.clone();
-    out.push(last);
-    out
+
+    fn elem(l: Ipv4Addr, e: &AllowElem) -> Elem {
+        Elem::range(
+            key(l, e.peer_lo, e.proto_lo, e.port_lo),
+            key(l, e.peer_hi, e.proto_hi, e.port_hi),
+        )
+    }
+
+    /// Every pod's elements of `m` (exact and class ranges) per direction.
+    fn all(m: &Compiled, dir: Direction) -> Vec<Elem> {
+        let (pods, _) = m.dir(dir);
+        pods.keys()
+            .flat_map(|ip| {
+                let els = m.elements(dir, *ip).unwrap_or_default();
+                els.into_iter().map(move |e| elem(*ip, &e))
+            })
+            .collect()
+    }
+
+    pub fn load(m: &Compiled) -> Result<(), kinc_nft::nl::Error> {
+        let mut msgs = vec![Table {
+            family: Family::Ip,
+            name: TABLE.into(),
+        }
+        .add_msg()];
+        for (i, dir) in [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .enumerate()
+        {
+            msgs.push(set(dir).add_msg(i as u32 + 1));
+            for c in all(m, dir).chunks(512) {
+                msgs.push(set(dir).add_elems_msg(c));
+            }
+        }
+        Socket::open()?.commit(&msgs, None)
+    }
+
+    /// The same change as `d`, in this layout: the touched pods' elements, old and new.
+    pub fn apply(old: &Compiled, new: &Compiled, d: &Diff) -> Result<(), kinc_nft::nl::Error> {
+        let mut msgs: Vec<Msg> = Vec::new();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let dd = d.dir(dir);
+            let mut ips: Vec<Ipv4Addr> = dd
+                .isolate
+                .iter()
+                .chain(&dd.unisolate)
+                .copied()
+                .chain(dd.add.iter().chain(&dd.remove).map(|(ip, _)| *ip))
+                .chain(dd.bind.iter().chain(&dd.unbind).map(|(ip, _)| *ip))
+                .collect();
+            // A class change touches every pod bound to that class.
+            let classes: Vec<u32> = dd
+                .range_add
+                .iter()
+                .chain(&dd.range_remove)
+                .map(|(c, _)| *c)
+                .collect();
+            for m in [old, new] {
+                let (pods, _) = m.dir(dir);
+                ips.extend(
+                    pods.iter()
+                        .filter(|(_, p)| p.class.is_some_and(|c| classes.contains(&c)))
+                        .map(|(ip, _)| *ip),
+                );
+            }
+            ips.sort();
+            ips.dedup();
+            let (mut del, mut add) = (Vec::new(), Vec::new());
+            for ip in ips {
+                let o = old.elements(dir, ip).unwrap_or_default();
+                let n = new.elements(dir, ip).unwrap_or_default();
+                del.extend(o.difference(&n).map(|e| elem(ip, e)));
+                add.extend(n.difference(&o).map(|e| elem(ip, e)));
+            }
+            if !del.is_empty() {
+                msgs.push(set(dir).del_elems_msg(&del));
+            }
+            if !add.is_empty() {
+                msgs.push(set(dir).add_elems_msg(&add));
+            }
+        }
+        Socket::open()?.commit(&msgs, None)
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -158,38 +260,58 @@ impl Stat {
     }
 }
 
+fn ops(d: &Diff) -> String {
+    let (mut exact, mut class, mut range) = (0, 0, 0);
+    for dd in [&d.ingress, &d.egress] {
+        exact += dd.add.len() + dd.remove.len() + dd.isolate.len() + dd.unisolate.len();
+        class += dd.bind.len() + dd.unbind.len();
+        range += dd.range_add.len() + dd.range_remove.len();
+    }
+    format!("{exact}/{class}/{range}")
+}
+
 fn main() {
     let (nss, pods, pols) = cluster();
     let mut r = Reconciler::new();
     let t = Instant::now();
-    let initial = r.resync(nss.iter(), pods.iter(), pols.iter());
+    let _initial = r.resync(nss.iter(), pods.iter(), pols.iter());
     let full_compile = t.elapsed();
     let m = r.programmed();
+    let ranges = m.in_classes.element_count() + m.eg_classes.element_count();
     println!(
-        "cluster: {} pods, {} namespaces, {} policies -> {} isolated ingress, {} isolated egress, {} allow elements",
-        PODS, NAMESPACES, POLICIES, m.ingress.len(), m.egress.len(), m.element_count()
+        "cluster: {} pods, {} namespaces, {} policies -> {} isolated ingress, {} isolated egress, \
+         {} allow elements ({} exact, {} range elements in {} classes)",
+        PODS,
+        NAMESPACES,
+        POLICIES,
+        m.ingress.len(),
+        m.egress.len(),
+        m.element_count(),
+        m.element_count() - ranges,
+        ranges,
+        m.in_classes.ranges.len() + m.eg_classes.ranges.len(),
     );
     println!("initial full compile: {:.1} ms", ms(full_compile));
 
     let ns_guard = scratch_netns();
     let mut nft = ns_guard.as_ref().map(|_| NftEnforcer::new("kincbench"));
     if let Some(n) = nft.as_mut() {
-        // Setup only: kinc-nft's socket cannot send a batch this large in one sendto
-        // (EMSGSIZE, it does not raise SO_SNDBUF yet), so the initial load goes in pieces.
         let t = Instant::now();
-        n.ensure().expect("policy objects");
-        for d in pieces(&initial, 400) {
-            n.apply(&d).expect("initial nf_tables load");
-        }
+        n.replace_all(r.programmed())
+            .expect("initial nf_tables load");
         println!(
-            "initial nf_tables load ({} element ops, in pieces of 400): {:.1} ms",
-            initial.len(),
+            "initial nf_tables load, one transaction: {:.1} ms",
+            ms(t.elapsed())
+        );
+        let t = Instant::now();
+        single_set::load(r.programmed()).expect("initial load of the single-set peer");
+        println!(
+            "initial load of the single-set peer, one transaction: {:.1} ms",
             ms(t.elapsed())
         );
     } else {
         println!("(not root: kernel apply times skipped)");
     }
-
     let extra = PODS + 5;
     type Case = Box<dyn Fn(&mut Reconciler, usize, bool) -> Diff>;
     let cases: Vec<(&str, Case)> = vec![
@@ -228,27 +350,43 @@ fn main() {
     ];
     println!();
     println!(
-        "{:<20} {:>14} {:>14} {:>16} {:>10} {:>12}",
-        "change", "incr. ms med", "incr. ms p95", "full+diff ms med", "speedup", "kernel ms med"
+        "{:<18} {:>12} {:>17} {:>9} {:>7} {:>17} {:>11} {:>7}",
+        "change",
+        "ops e/c/r",
+        "compute med/p95",
+        "full+diff",
+        "ratio",
+        "kernel med/p95",
+        "single-set",
+        "ratio"
     );
     for (name, f) in &cases {
-        let (mut inc, mut full, mut kern) = (Stat(vec![]), Stat(vec![]), Stat(vec![]));
-        let mut elems = 0;
+        let (mut inc, mut full, mut kern, mut single) =
+            (Stat(vec![]), Stat(vec![]), Stat(vec![]), Stat(vec![]));
+        let mut biggest = Diff::default();
         for i in 0..ROUNDS {
             for undo in [false, true] {
+                let before = (i < PEER_ROUNDS && nft.is_some()).then(|| r.programmed().clone());
                 let t = Instant::now();
                 let d = f(&mut r, i, undo);
                 inc.0.push(ms(t.elapsed()));
-                elems = elems.max(d.len());
+                if d.len() > biggest.len() {
+                    biggest = d.clone();
+                }
                 if let Some(n) = nft.as_mut() {
                     let t = Instant::now();
                     n.apply(&d).unwrap_or_else(|e| panic!("{name}: {e}"));
                     kern.0.push(ms(t.elapsed()));
                 }
-                // The peer: recompile everything from the same objects and diff
-                // (a few rounds only: it is slow, which is the point).
+                // The peers (a few rounds only: they are slow, which is the point).
                 if i >= PEER_ROUNDS {
                     continue;
+                }
+                if let Some(old) = before {
+                    let t = Instant::now();
+                    single_set::apply(&old, r.programmed(), &d)
+                        .unwrap_or_else(|e| panic!("{name}, single set: {e}"));
+                    single.0.push(ms(t.elapsed()));
                 }
                 let (c, p) = (r.cluster().clone(), r.programmed().clone());
                 let t = Instant::now();
@@ -261,22 +399,29 @@ fn main() {
                 );
             }
         }
-        let kmed = if kern.0.is_empty() {
-            f64::NAN
-        } else {
-            kern.median()
-        };
         let (im, fm) = (inc.median(), full.median());
+        let (km, kp, sm) = if kern.0.is_empty() {
+            (f64::NAN, f64::NAN, f64::NAN)
+        } else {
+            (kern.median(), kern.p95(), single.median())
+        };
         println!(
-            "{:<20} {:>14.3} {:>14.3} {:>16.1} {:>9.0}x {:>12.3}   (up to {} element ops)",
+            "{:<18} {:>12} {:>8.3}/{:<8.3} {:>9.1} {:>6.0}x {:>8.3}/{:<8.3} {:>11.1} {:>6.0}x",
             name,
+            ops(&biggest),
             im,
             inc.p95(),
             fm,
             fm / im,
-            kmed,
-            elems
+            km,
+            kp,
+            sm,
+            sm / km,
         );
     }
+    println!(
+        "\nops e/c/r: exact-set, class-map and range-set element operations (largest diff); \
+         ratio: peer median / ours"
+    );
     drop(ns_guard);
 }

@@ -12,7 +12,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::boxes::{canonical, Box3, Span};
-use crate::compiled::{AllowElem, Compiled, PodRules};
+use crate::compiled::{AllowElem, Compiled, DirRules, PodRules, Shape};
 use crate::model::{Direction, NsSel, ObjKey, Peer, PodInfo, PolicyInfo, PortSel, Rule};
 use crate::selector::Labels;
 
@@ -229,7 +229,7 @@ impl Cluster {
             return rules;
         }
         for dir in [Direction::Ingress, Direction::Egress] {
-            let mut boxes: Vec<Box3> = Vec::new();
+            let mut acc = Acc::default();
             let mut isolated = false;
             for pol in self.policies_in(&pod.key.ns) {
                 if !pol.pod_selector.matches(&pod.labels) {
@@ -245,19 +245,13 @@ impl Cluster {
                         dir,
                         index: ri,
                     };
-                    self.rule_boxes(at, rule, pod, &mut boxes, warnings, cache);
+                    self.rule_boxes(at, rule, pod, &mut acc, warnings, cache);
                 }
             }
             if !isolated {
                 continue;
             }
-            // Policies often repeat each other; identical boxes add nothing.
-            boxes.sort_unstable();
-            boxes.dedup();
-            let elems: BTreeSet<AllowElem> = canonical(&boxes)
-                .into_iter()
-                .map(AllowElem::from_box)
-                .collect();
+            let elems = acc.finish();
             match dir {
                 Direction::Ingress => rules.ingress = Some(elems),
                 Direction::Egress => rules.egress = Some(elems),
@@ -271,12 +265,14 @@ impl Cluster {
         at: RuleAt<'a>,
         rule: &'a Rule,
         local: &PodInfo,
-        out: &mut Vec<Box3>,
+        out: &mut Acc,
         warnings: &mut Vec<Warning>,
         cache: &mut PeerCache<'a>,
     ) {
         let (pol, dir) = (at.pol, at.dir);
+        // Peer ranges (ipBlocks) and single peers (pods, /32 blocks).
         let mut spans: Vec<Span> = Vec::new();
+        let mut peers: Vec<Ipv4Addr> = Vec::new();
         let mut peer_pods: Vec<&PodInfo> = Vec::new();
         // Address spans that are not selector peers, for egress named-port resolution.
         let mut block_spans: Vec<Span> = Vec::new();
@@ -285,8 +281,8 @@ impl Cluster {
                 spans.push(ALL_ADDRS);
                 block_spans.push(ALL_ADDRS);
             }
-            Some(peers) => {
-                for (pi, peer) in peers.iter().enumerate() {
+            Some(rule_peers) => {
+                for (pi, peer) in rule_peers.iter().enumerate() {
                     match peer {
                         Peer::Pods { .. } => {
                             let resolved = cache
@@ -294,13 +290,18 @@ impl Cluster {
                                 .entry((&pol.key, dir, at.index, pi))
                                 .or_insert_with(|| self.peer_pods(pol, peer));
                             for &p in resolved.iter() {
-                                let ip = u64::from(u32::from(p.ip.expect("peer_pods has ip")));
-                                spans.push((ip, ip));
+                                peers.push(p.ip.expect("peer_pods has ip"));
                                 peer_pods.push(p);
                             }
                         }
                         Peer::Block(b) => {
-                            spans.extend_from_slice(b);
+                            for s in b {
+                                if s.0 == s.1 {
+                                    peers.push(Ipv4Addr::from(s.0 as u32));
+                                } else {
+                                    spans.push(*s);
+                                }
+                            }
                             block_spans.extend_from_slice(b);
                         }
                         Peer::Nothing => {}
@@ -308,27 +309,27 @@ impl Cluster {
                 }
             }
         }
-        if spans.is_empty() {
+        if spans.is_empty() && peers.is_empty() {
             return;
         }
         let Some(ports) = &rule.ports else {
-            out.extend(spans.iter().map(|s| [*s, ALL_PROTOS, ALL_PORTS]));
+            out.exact
+                .extend(peers.iter().map(|a| AllowElem::exact(*a, None, None)));
+            out.boxes
+                .extend(spans.iter().map(|s| [*s, ALL_PROTOS, ALL_PORTS]));
             return;
         };
         for port in ports {
             match port {
                 PortSel::Range { proto, lo, hi } => {
-                    let (proto, lo, hi) = (u64::from(*proto), u64::from(*lo), u64::from(*hi));
-                    out.extend(spans.iter().map(|s| [*s, (proto, proto), (lo, hi)]));
+                    out.ports(&peers, &spans, *proto, *lo, *hi);
                 }
                 PortSel::Named { proto, name } => {
-                    let p = u64::from(*proto);
                     let before = out.len();
                     match dir {
                         Direction::Ingress => {
                             for port in local.named_port(name, *proto) {
-                                let port = u64::from(port);
-                                out.extend(spans.iter().map(|s| [*s, (p, p), (port, port)]));
+                                out.ports(&peers, &spans, *proto, port, port);
                             }
                             if out.len() == before {
                                 warnings.push(Warning {
@@ -350,10 +351,10 @@ impl Cluster {
                                 })
                             });
                             for dst in peer_pods.iter().copied().chain(in_blocks) {
-                                let ip = u64::from(u32::from(dst.ip.expect("filtered")));
+                                let ip = dst.ip.expect("filtered");
                                 for port in dst.named_port(name, *proto) {
-                                    let port = u64::from(port);
-                                    out.push([(ip, ip), (p, p), (port, port)]);
+                                    out.exact
+                                        .push(AllowElem::exact(ip, Some(*proto), Some(port)));
                                 }
                             }
                             if out.len() == before {
@@ -392,7 +393,8 @@ impl Cluster {
                 });
             }
             if let Some(pod) = self.owner_of(*ip) {
-                out.set(*ip, self.compile_pod_with(pod, &mut warnings, &mut cache));
+                let rules = self.compile_pod_with(pod, &mut warnings, &mut cache);
+                out.set(*ip, rules, &mut crate::compiled::Diff::default());
             }
         }
         for pol in self.policies.values() {
@@ -404,6 +406,68 @@ impl Cluster {
         warnings.sort();
         warnings.dedup();
         (out, warnings)
+    }
+}
+
+/// Port ranges up to this many ports are written as exact elements for single peers:
+/// hash-set updates cost O(1), interval-set updates O(set size).
+const EXPAND_PORTS: u16 = 16;
+
+/// One pod's allowed region in one direction while it is being compiled.
+#[derive(Default)]
+struct Acc {
+    exact: Vec<AllowElem>,
+    boxes: Vec<Box3>,
+}
+
+impl Acc {
+    fn len(&self) -> usize {
+        self.exact.len() + self.boxes.len()
+    }
+
+    /// `proto` ports `lo..=hi` from single `peers` and from `spans`.
+    fn ports(&mut self, peers: &[Ipv4Addr], spans: &[Span], proto: u8, lo: u16, hi: u16) {
+        let p = Some(proto);
+        if lo == 0 && hi == u16::MAX {
+            self.exact
+                .extend(peers.iter().map(|a| AllowElem::exact(*a, p, None)));
+        } else if hi - lo < EXPAND_PORTS {
+            for port in lo..=hi {
+                self.exact
+                    .extend(peers.iter().map(|a| AllowElem::exact(*a, p, Some(port))));
+            }
+        } else {
+            self.boxes.extend(peers.iter().map(|a| {
+                let a = u64::from(u32::from(*a));
+                [
+                    (a, a),
+                    (u64::from(proto), u64::from(proto)),
+                    (u64::from(lo), u64::from(hi)),
+                ]
+            }));
+        }
+        let (proto, lo, hi) = (u64::from(proto), u64::from(lo), u64::from(hi));
+        self.boxes
+            .extend(spans.iter().map(|s| [*s, (proto, proto), (lo, hi)]));
+    }
+
+    /// Exact elements, pruned, and the ranges as canonical disjoint boxes (the
+    /// interval set refuses overlaps); a piece that came out exact moves to the exact ones.
+    fn finish(mut self) -> DirRules {
+        // Policies often repeat each other; identical boxes add nothing.
+        self.boxes.sort_unstable();
+        self.boxes.dedup();
+        let mut out = DirRules::default();
+        for e in canonical(&self.boxes).into_iter().map(AllowElem::from_box) {
+            if e.shape() == Shape::Range {
+                out.ranges.insert(e);
+            } else {
+                self.exact.push(e);
+            }
+        }
+        out.exact = self.exact.into_iter().collect();
+        out.prune();
+        out
     }
 }
 

@@ -22,7 +22,9 @@ pub mod selector;
 pub mod testkit;
 
 pub use compile::{Cluster, Warning};
-pub use compiled::{diff, AllowElem, Compiled, Diff, DirDiff, PodRules};
+pub use compiled::{
+    diff, AllowElem, Classes, Compiled, Diff, DirDiff, DirRules, PodDir, PodRules, Shape,
+};
 pub use controller::{Controller, Enforcer, Event, Recording, Status};
 pub use model::{Direction, ObjKey, PodInfo, PolicyInfo};
 pub use reconcile::{Change, Reconciler};

@@ -2,20 +2,37 @@
 //!
 //! ```text
 //! table ip <table> {
-//!   set policy_in_isolated { type ipv4_addr }          # pods some policy isolates for ingress
-//!   set policy_eg_isolated { type ipv4_addr }          # ... for egress
-//!   set policy_in_allow { type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval }
-//!   set policy_eg_allow { type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval }
+//!   set policy_in_isolated { type ipv4_addr }       # pods some policy isolates for ingress
+//!   set policy_in_peer  { type ipv4_addr . ipv4_addr }                          # every port
+//!   set policy_in_proto { type ipv4_addr . ipv4_addr . inet_proto }             # every port of one protocol
+//!   set policy_in_port  { type ipv4_addr . ipv4_addr . inet_proto . inet_service }
+//!   map policy_in_class { type ipv4_addr : verdict }  # pod -> goto its range class chain
+//!   ... and the same five for egress (policy_eg_*)
 //!   chain policy-forward { type filter hook forward priority filter; policy accept;
 //!     ct state established,related accept
 //!     ip saddr @policy_eg_isolated jump policy-egress
 //!     ip daddr @policy_in_isolated jump policy-ingress }
-//!   chain policy-egress  { ip saddr . ip daddr . meta l4proto . th dport @policy_eg_allow return
-//!                          counter drop }
-//!   chain policy-ingress { ip daddr . ip saddr . meta l4proto . th dport @policy_in_allow return
-//!                          counter drop }
+//!   chain policy-ingress {
+//!     ip daddr . ip saddr @policy_in_peer return
+//!     ip daddr . ip saddr . meta l4proto @policy_in_proto return
+//!     ip daddr . ip saddr . meta l4proto . th dport @policy_in_port return
+//!     ip daddr vmap @policy_in_class
+//!     counter drop }
+//!   # one per range class (a distinct list of range elements, shared by its pods):
+//!   set policy_in_r<id> { type ipv4_addr . inet_proto . inet_service; flags interval }
+//!   chain policy-in-r<id> {
+//!     ip saddr . meta l4proto . th dport @policy_in_r<id> return
+//!     counter drop }
+//!   chain policy-egress, policy-eg-r<id>: the same with saddr and daddr swapped
 //! }
 //! ```
+//! The exact sets are hash sets: adding or deleting an element costs the same whatever
+//! their size. Only ranges (ipBlocks, long endPort ranges) go to interval sets (the
+//! pipapo backend, whose updates, deletes above all, cost O(set size)), and there once
+//! per class rather than once per pod, in one small set per class. The class map
+//! `goto`s, so a hit's `return` leaves for `policy-forward` and a miss drops; a pod
+//! without ranges has no class entry and falls through to the drop.
+//!
 //! The forward hook runs after prerouting's DNAT, so service traffic is judged by pod
 //! addresses; bridged pod-to-pod traffic reaches it through br_netfilter
 //! (`net.bridge.bridge-nf-call-iptables=1`, which kincnet's node keeps on). Traffic the
@@ -27,11 +44,11 @@ use std::net::Ipv4Addr;
 
 use kinc_nft::nl::consts::*;
 use kinc_nft::nl::{
-    concat_type, reg, AttrWriter, BaseChain, Chain, ChainType, CmpOp, CtKey, Expr, Family, Hook,
-    MetaKey, Msg, PayloadBase, Rule, Set, Socket, Table, Verdict,
+    concat_type, reg, BaseChain, Chain, ChainType, CmpOp, CtKey, Elem, Expr, Family, Hook, MetaKey,
+    Msg, PayloadBase, Rule, Set, Socket, Table, Verdict,
 };
 
-use crate::compiled::{AllowElem, Compiled, Diff, DirDiff};
+use crate::compiled::{AllowElem, Compiled, Diff, DirDiff, Shape};
 use crate::controller::Enforcer;
 use crate::model::Direction;
 
@@ -40,12 +57,69 @@ pub const CHAIN_INGRESS: &str = "policy-ingress";
 pub const CHAIN_EGRESS: &str = "policy-egress";
 pub const SET_IN_ISOLATED: &str = "policy_in_isolated";
 pub const SET_EG_ISOLATED: &str = "policy_eg_isolated";
-pub const SET_IN_ALLOW: &str = "policy_in_allow";
-pub const SET_EG_ALLOW: &str = "policy_eg_allow";
 
-/// `NFTA_SET_ELEM_KEY_END`: the end of an interval element of a concatenated set;
-/// kinc-nft's `Elem` has no field for it yet, so elements are encoded here.
-const NFTA_SET_ELEM_KEY_END: u16 = 10;
+/// The fixed sets of one direction, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Isolated,
+    Peer,
+    Proto,
+    Port,
+    Class,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Isolated,
+        Role::Peer,
+        Role::Proto,
+        Role::Port,
+        Role::Class,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Role::Isolated => "isolated",
+            Role::Peer => "peer",
+            Role::Proto => "proto",
+            Role::Port => "port",
+            Role::Class => "class",
+        }
+    }
+}
+
+fn dir_tag(dir: Direction) -> &'static str {
+    match dir {
+        Direction::Ingress => "in",
+        Direction::Egress => "eg",
+    }
+}
+
+/// Name of a fixed policy set, e.g. `policy_in_port`.
+pub fn set_name(dir: Direction, role: Role) -> String {
+    format!("policy_{}_{}", dir_tag(dir), role.suffix())
+}
+
+/// Name of the range set of class `id`, e.g. `policy_in_r0badcafe`.
+pub fn class_set_name(dir: Direction, id: u32) -> String {
+    format!("policy_{}_r{id:08x}", dir_tag(dir))
+}
+
+/// Name of the chain of class `id`, e.g. `policy-in-r0badcafe`.
+pub fn class_chain_name(dir: Direction, id: u32) -> String {
+    format!("policy-{}-r{id:08x}", dir_tag(dir))
+}
+
+/// Whether `name` is a class set or chain (of an earlier run, to clean up).
+fn is_class_object(name: &str) -> bool {
+    ["policy_in_r", "policy_eg_r", "policy-in-r", "policy-eg-r"]
+        .iter()
+        .any(|p| {
+            name.strip_prefix(p)
+                .is_some_and(|id| id.len() == 8 && u32::from_str_radix(id, 16).is_ok())
+        })
+}
+
 /// Elements per netlink message; all messages still form one transaction.
 const CHUNK: usize = 512;
 
@@ -68,32 +142,64 @@ pub struct NftEnforcer {
     pub table: String,
 }
 
-fn iso_set(table: &str, name: &str) -> Set {
+fn policy_set(table: &str, dir: Direction, role: Role) -> Set {
+    let (types, fields, data): (&[u32], Vec<u32>, _) = match role {
+        Role::Isolated => (&[TYPE_IPADDR], vec![4], None),
+        Role::Peer => (&[TYPE_IPADDR, TYPE_IPADDR], vec![4, 4], None),
+        Role::Proto => (
+            &[TYPE_IPADDR, TYPE_IPADDR, TYPE_INET_PROTOCOL],
+            vec![4, 4, 1],
+            None,
+        ),
+        Role::Port => (
+            &[
+                TYPE_IPADDR,
+                TYPE_IPADDR,
+                TYPE_INET_PROTOCOL,
+                TYPE_INET_SERVICE,
+            ],
+            vec![4, 4, 1, 2],
+            None,
+        ),
+        Role::Class => (&[TYPE_IPADDR], vec![4], Some((NFT_DATA_VERDICT, vec![]))),
+    };
     Set {
         family: Family::Ip,
         table: table.into(),
-        name: name.into(),
-        key_type: TYPE_IPADDR,
-        key_fields: vec![4],
-        data: None,
+        name: set_name(dir, role),
+        key_type: concat_type(types),
+        key_fields: fields,
+        data,
         flags: 0,
     }
 }
 
-fn allow_set(table: &str, name: &str) -> Set {
+fn class_set(table: &str, dir: Direction, id: u32) -> Set {
     Set {
         family: Family::Ip,
         table: table.into(),
-        name: name.into(),
-        key_type: concat_type(&[
-            TYPE_IPADDR,
-            TYPE_IPADDR,
-            TYPE_INET_PROTOCOL,
-            TYPE_INET_SERVICE,
-        ]),
-        key_fields: vec![4, 4, 1, 2],
+        name: class_set_name(dir, id),
+        key_type: concat_type(&[TYPE_IPADDR, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]),
+        key_fields: vec![4, 1, 2],
         data: None,
         flags: NFT_SET_INTERVAL,
+    }
+}
+
+fn regular_chain(table: &str, name: String) -> Chain {
+    Chain {
+        family: Family::Ip,
+        table: table.into(),
+        name,
+        base: None,
+    }
+}
+
+/// (local, peer) address offsets in the IPv4 header for a direction.
+fn offsets(dir: Direction) -> (u32, u32) {
+    match dir {
+        Direction::Ingress => (IP_DADDR, IP_SADDR),
+        Direction::Egress => (IP_SADDR, IP_DADDR),
     }
 }
 
@@ -115,15 +221,35 @@ fn lookup(set: &str, sreg: u32) -> Expr {
     }
 }
 
-/// Key bytes of one allow element end: each field padded to a 4-byte register.
-fn allow_key(local: Ipv4Addr, peer: Ipv4Addr, proto: u8, port: u16) -> Vec<u8> {
+/// Key bytes in register layout: each field padded to 4 bytes.
+fn key(fields: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(16);
-    k.extend_from_slice(&local.octets());
-    k.extend_from_slice(&peer.octets());
-    k.extend_from_slice(&[proto, 0, 0, 0]);
-    k.extend_from_slice(&port.to_be_bytes());
-    k.extend_from_slice(&[0, 0]);
+    for f in fields {
+        k.extend_from_slice(f);
+        k.resize(k.len().next_multiple_of(4), 0);
+    }
     k
+}
+
+/// The set role and element of one exact element of pod `local`.
+fn exact_elem(local: Ipv4Addr, e: &AllowElem) -> (Role, Elem) {
+    let (l, p) = (local.octets(), e.peer_lo.octets());
+    match e.shape() {
+        Shape::Peer => (Role::Peer, Elem::key(key(&[&l, &p]))),
+        Shape::Proto => (Role::Proto, Elem::key(key(&[&l, &p, &[e.proto_lo]]))),
+        // Range-shaped elements never reach the exact list (the compiler moves them).
+        Shape::Port | Shape::Range => (
+            Role::Port,
+            Elem::key(key(&[&l, &p, &[e.proto_lo], &e.port_lo.to_be_bytes()])),
+        ),
+    }
+}
+
+fn range_elem(e: &AllowElem) -> Elem {
+    Elem::range(
+        key(&[&e.peer_lo.octets(), &[e.proto_lo], &e.port_lo.to_be_bytes()]),
+        key(&[&e.peer_hi.octets(), &[e.proto_hi], &e.port_hi.to_be_bytes()]),
+    )
 }
 
 impl NftEnforcer {
@@ -140,17 +266,8 @@ impl NftEnforcer {
         }
     }
 
-    fn sets(&self, d: Direction) -> (Set, Set) {
-        match d {
-            Direction::Ingress => (
-                iso_set(&self.table, SET_IN_ISOLATED),
-                allow_set(&self.table, SET_IN_ALLOW),
-            ),
-            Direction::Egress => (
-                iso_set(&self.table, SET_EG_ISOLATED),
-                allow_set(&self.table, SET_EG_ALLOW),
-            ),
-        }
+    fn set(&self, d: Direction, role: Role) -> Set {
+        policy_set(&self.table, d, role)
     }
 
     fn rule(&self, chain: &str, exprs: Vec<Expr>) -> Rule {
@@ -164,6 +281,91 @@ impl NftEnforcer {
         }
     }
 
+    /// The checks of one direction's chain: a hit in any allow set returns.
+    fn check_rules(&self, dir: Direction) -> Vec<Vec<Expr>> {
+        let (local, peer) = offsets(dir);
+        let name = |r| set_name(dir, r);
+        let l4 = Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: reg(2),
+        };
+        let dport = load(PayloadBase::Transport, 2, 2, reg(3));
+        let local = load(PayloadBase::Network, local, 4, reg(0));
+        let peer = load(PayloadBase::Network, peer, 4, reg(1));
+        let ret = Expr::Verdict(Verdict::Return);
+        vec![
+            vec![
+                local.clone(),
+                peer.clone(),
+                lookup(&name(Role::Peer), reg(0)),
+                ret.clone(),
+            ],
+            vec![
+                local.clone(),
+                peer.clone(),
+                l4.clone(),
+                lookup(&name(Role::Proto), reg(0)),
+                ret.clone(),
+            ],
+            vec![
+                local.clone(),
+                peer,
+                l4,
+                dport,
+                lookup(&name(Role::Port), reg(0)),
+                ret,
+            ],
+            vec![
+                local,
+                Expr::Lookup {
+                    set: name(Role::Class),
+                    sreg: reg(0),
+                    dreg: Some(NFT_REG_VERDICT),
+                    invert: false,
+                },
+            ],
+            vec![Expr::Counter, Expr::Verdict(Verdict::Drop)],
+        ]
+    }
+
+    /// Creates class `id`: its range set (with `elems`) and its chain.
+    fn class_add_msgs(&self, msgs: &mut Vec<Msg>, dir: Direction, id: u32, set_id: u32) {
+        let set = class_set(&self.table, dir, id);
+        msgs.push(set.add_msg(set_id));
+        let chain = class_chain_name(dir, id);
+        msgs.push(regular_chain(&self.table, chain.clone()).add_msg());
+        let (_, peer) = offsets(dir);
+        let check = vec![
+            load(PayloadBase::Network, peer, 4, reg(0)),
+            Expr::Meta {
+                key: MetaKey::L4Proto,
+                dreg: reg(1),
+            },
+            load(PayloadBase::Transport, 2, 2, reg(2)),
+            lookup(&set.name, reg(0)),
+            Expr::Verdict(Verdict::Return),
+        ];
+        msgs.push(self.rule(&chain, check).add_msg());
+        msgs.push(
+            self.rule(&chain, vec![Expr::Counter, Expr::Verdict(Verdict::Drop)])
+                .add_msg(),
+        );
+    }
+
+    /// Deletes a class chain and its set (named, so leftovers of a crash go too).
+    fn class_del_msgs(&self, msgs: &mut Vec<Msg>, chain: Option<String>, set: Option<String>) {
+        if let Some(c) = chain {
+            let c = regular_chain(&self.table, c);
+            msgs.push(c.flush_msg());
+            msgs.push(c.del_msg());
+        }
+        if let Some(name) = set {
+            let mut s = class_set(&self.table, Direction::Ingress, 0);
+            s.name = name;
+            msgs.push(s.del_msg());
+        }
+    }
+
     /// Table, sets, chains and rules, idempotently: the chains are flushed and refilled
     /// in the same transaction, the sets keep their elements.
     fn objects(&self) -> Vec<Msg> {
@@ -173,14 +375,12 @@ impl NftEnforcer {
             name: t.clone(),
         }
         .add_msg()];
-        let sets = [
-            iso_set(t, SET_IN_ISOLATED),
-            iso_set(t, SET_EG_ISOLATED),
-            allow_set(t, SET_IN_ALLOW),
-            allow_set(t, SET_EG_ALLOW),
-        ];
-        for (i, s) in sets.iter().enumerate() {
-            msgs.push(s.add_msg(i as u32 + 1));
+        let mut id = 0;
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for role in Role::ALL {
+                id += 1;
+                msgs.push(self.set(dir, role).add_msg(id));
+            }
         }
         let regular = |name: &str| Chain {
             family: Family::Ip,
@@ -204,26 +404,13 @@ impl NftEnforcer {
             msgs.push(c.add_msg());
             msgs.push(c.flush_msg());
         }
-        for (chain, allow, local, peer) in [
-            (CHAIN_EGRESS, SET_EG_ALLOW, IP_SADDR, IP_DADDR),
-            (CHAIN_INGRESS, SET_IN_ALLOW, IP_DADDR, IP_SADDR),
+        for (chain, dir) in [
+            (CHAIN_EGRESS, Direction::Egress),
+            (CHAIN_INGRESS, Direction::Ingress),
         ] {
-            let check = vec![
-                load(PayloadBase::Network, local, 4, reg(0)),
-                load(PayloadBase::Network, peer, 4, reg(1)),
-                Expr::Meta {
-                    key: MetaKey::L4Proto,
-                    dreg: reg(2),
-                },
-                load(PayloadBase::Transport, 2, 2, reg(3)),
-                lookup(allow, reg(0)),
-                Expr::Verdict(Verdict::Return),
-            ];
-            msgs.push(self.rule(chain, check).add_msg());
-            msgs.push(
-                self.rule(chain, vec![Expr::Counter, Expr::Verdict(Verdict::Drop)])
-                    .add_msg(),
-            );
+            for exprs in self.check_rules(dir) {
+                msgs.push(self.rule(chain, exprs).add_msg());
+            }
         }
         let fwd = [
             vec![
@@ -262,95 +449,102 @@ impl NftEnforcer {
         msgs
     }
 
-    fn elems_msg(&self, set: &Set, add: bool, elems: &[(Vec<u8>, Option<Vec<u8>>)]) -> Msg {
-        let mut w = AttrWriter::new();
-        w.str(NFTA_SET_ELEM_LIST_TABLE, &set.table)
-            .str(NFTA_SET_ELEM_LIST_SET, &set.name)
-            .nested(NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
-                for (key, end) in elems {
-                    l.nested(NFTA_LIST_ELEM, |x| {
-                        x.nested(NFTA_SET_ELEM_KEY, |k| {
-                            k.bytes(NFTA_DATA_VALUE, key);
-                        });
-                        if let Some(end) = end {
-                            x.nested(NFTA_SET_ELEM_KEY_END, |k| {
-                                k.bytes(NFTA_DATA_VALUE, end);
-                            });
-                        }
-                    });
-                }
-            });
-        let (kind, flags, verb) = if add {
-            (NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_ACK, "add")
-        } else {
-            (NFT_MSG_DELSETELEM, NLM_F_ACK, "delete")
-        };
-        Msg::new(
-            kind,
-            flags,
-            Family::Ip,
-            w,
-            format!(
-                "{verb} {} element(s) of set {} {}",
-                elems.len(),
-                set.table,
-                set.name
-            ),
-        )
-    }
-
-    /// `nft flush set`: a DELSETELEM without an element list.
-    fn flush_set_msg(&self, set: &Set) -> Msg {
-        let mut w = AttrWriter::new();
-        w.str(NFTA_SET_ELEM_LIST_TABLE, &set.table)
-            .str(NFTA_SET_ELEM_LIST_SET, &set.name);
-        Msg::new(
-            NFT_MSG_DELSETELEM,
-            NLM_F_ACK,
-            Family::Ip,
-            w,
-            format!("flush set {} {}", set.table, set.name),
-        )
-    }
-
-    fn push_elems(
-        &self,
-        msgs: &mut Vec<Msg>,
-        set: &Set,
-        add: bool,
-        elems: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    ) {
+    fn push_elems(&self, msgs: &mut Vec<Msg>, set: &Set, add: bool, elems: &[Elem]) {
         for chunk in elems.chunks(CHUNK) {
-            msgs.push(self.elems_msg(set, add, chunk));
+            msgs.push(if add {
+                set.add_elems_msg(chunk)
+            } else {
+                set.del_elems_msg(chunk)
+            });
         }
     }
 
+    /// One direction's removals (`add == false`) or additions, set by set.
     fn dir_msgs(&self, msgs: &mut Vec<Msg>, dir: Direction, d: &DirDiff, add: bool) {
-        let (iso, allow) = self.sets(dir);
-        let allow_elems = |v: &[(Ipv4Addr, AllowElem)]| -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-            v.iter()
-                .map(|(ip, e)| {
-                    (
-                        allow_key(*ip, e.peer_lo, e.proto_lo, e.port_lo),
-                        Some(allow_key(*ip, e.peer_hi, e.proto_hi, e.port_hi)),
-                    )
-                })
-                .collect()
+        let mut by_role: Vec<(Role, Vec<Elem>)> = Role::ALL.iter().map(|r| (*r, vec![])).collect();
+        let mut push = |role: Role, e: Elem| {
+            if let Some((_, v)) = by_role.iter_mut().find(|(r, _)| *r == role) {
+                v.push(e);
+            }
         };
-        let iso_elems = |v: &[Ipv4Addr]| -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-            v.iter().map(|ip| (ip.octets().to_vec(), None)).collect()
-        };
-        if add {
-            self.push_elems(msgs, &allow, true, allow_elems(&d.add));
-            self.push_elems(msgs, &iso, true, iso_elems(&d.isolate));
+        let (iso, exact, class, ranges) = if add {
+            (&d.isolate, &d.add, &d.bind, &d.range_add)
         } else {
-            self.push_elems(msgs, &iso, false, iso_elems(&d.unisolate));
-            self.push_elems(msgs, &allow, false, allow_elems(&d.remove));
+            (&d.unisolate, &d.remove, &d.unbind, &d.range_remove)
+        };
+        for ip in iso {
+            push(Role::Isolated, Elem::key(ip.octets().to_vec()));
+        }
+        for (ip, e) in exact {
+            let (role, el) = exact_elem(*ip, e);
+            push(role, el);
+        }
+        for (ip, id) in class {
+            push(
+                Role::Class,
+                Elem::vmap(
+                    ip.octets().to_vec(),
+                    Verdict::Goto(class_chain_name(dir, *id)),
+                ),
+            );
+        }
+        // Range elements by class; a dropped class goes with its set, not element-wise.
+        let mut by_class: std::collections::BTreeMap<u32, Vec<Elem>> = Default::default();
+        for (id, e) in ranges {
+            if !add && d.class_gone.contains(id) {
+                continue;
+            }
+            by_class.entry(*id).or_default().push(range_elem(e));
+        }
+        if add {
+            // New classes first: their chains must exist before the map points at them.
+            for (i, id) in d.class_new.iter().enumerate() {
+                self.class_add_msgs(msgs, dir, *id, 1000 + i as u32);
+            }
+            for (id, elems) in &by_class {
+                self.push_elems(msgs, &class_set(&self.table, dir, *id), true, elems);
+            }
+        }
+        let order: &[Role] = if add {
+            &[
+                Role::Class,
+                Role::Peer,
+                Role::Proto,
+                Role::Port,
+                Role::Isolated,
+            ]
+        } else {
+            &[
+                Role::Isolated,
+                Role::Class,
+                Role::Peer,
+                Role::Proto,
+                Role::Port,
+            ]
+        };
+        for role in order {
+            if let Some((_, elems)) = by_role.iter().find(|(r, _)| r == role) {
+                self.push_elems(msgs, &self.set(dir, *role), add, elems);
+            }
+        }
+        if !add {
+            for (id, elems) in &by_class {
+                self.push_elems(msgs, &class_set(&self.table, dir, *id), false, elems);
+            }
+            // Unbound above, so nothing points at these chains any more.
+            for id in &d.class_gone {
+                self.class_del_msgs(
+                    msgs,
+                    Some(class_chain_name(dir, *id)),
+                    Some(class_set_name(dir, *id)),
+                );
+            }
         }
     }
 
     fn diff_msgs(&self, diff: &Diff) -> Vec<Msg> {
         let mut msgs = Vec::new();
+        // Every removal first: a class map entry is replaced by delete + add.
         for add in [false, true] {
             for dir in [Direction::Ingress, Direction::Egress] {
                 self.dir_msgs(&mut msgs, dir, diff.dir(dir), add);
@@ -376,15 +570,38 @@ impl Enforcer for NftEnforcer {
     }
 
     fn replace_all(&mut self, model: &Compiled) -> Result<(), NftError> {
+        let mut sock = Socket::open().map_err(|e| self.err(e))?;
+        // Class chains and sets of an earlier run: found by name, dropped in the same
+        // transaction that rebuilds everything (guarded: if the ruleset moves between
+        // this read and the commit, the kernel refuses the batch).
+        let genid = sock.genid().map_err(|e| self.err(e))?;
+        let (chains, sets) = if sock
+            .table_exists(Family::Ip, &self.table)
+            .map_err(|e| self.err(e))?
+        {
+            (
+                sock.list_chains(Family::Ip, &self.table)
+                    .map_err(|e| self.err(e))?,
+                sock.list_sets(Family::Ip, &self.table)
+                    .map_err(|e| self.err(e))?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let mut msgs = self.objects();
         for dir in [Direction::Ingress, Direction::Egress] {
-            let (iso, allow) = self.sets(dir);
-            msgs.push(self.flush_set_msg(&iso));
-            msgs.push(self.flush_set_msg(&allow));
+            for role in Role::ALL {
+                msgs.push(self.set(dir, role).flush_msg());
+            }
+        }
+        for (c, _) in chains.into_iter().filter(|(c, _)| is_class_object(c)) {
+            self.class_del_msgs(&mut msgs, Some(c), None);
+        }
+        for s in sets.into_iter().filter(|s| is_class_object(s)) {
+            self.class_del_msgs(&mut msgs, None, Some(s));
         }
         let all = crate::compiled::diff(&Compiled::default(), model);
         msgs.extend(self.diff_msgs(&all));
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
-        sock.commit(&msgs, None).map_err(|e| self.err(e))
+        sock.commit(&msgs, Some(genid)).map_err(|e| self.err(e))
     }
 }

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::compile::{Cluster, PeerCache, Warning};
-use crate::compiled::{diff, diff_pod, Compiled, Diff, PodRules};
+use crate::compiled::{diff, Compiled, Diff, PodRules};
 use crate::model::{namespace_labels, Direction, Peer, PodInfo, PolicyInfo, PortSel};
 use crate::selector::Labels;
 
@@ -248,13 +248,10 @@ impl Reconciler {
             .collect();
         let mut d = Diff::default();
         for (ip, new, warnings) in fresh {
-            let old = self.programmed.get(ip);
-            if old != new {
-                diff_pod(ip, &old, &new, &mut d);
-                self.programmed.set(ip, new);
-            }
+            self.programmed.set(ip, new, &mut d);
             self.note_warnings(ip, warnings);
         }
+        d.normalize();
         d
     }
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::controller::{Controller, Event, Recording};
 use crate::model::{PROTO_TCP, PROTO_UDP};
 use crate::testkit::{self, policy, Matrix, Step, Topology};
-use crate::{AllowElem, Compiled};
+use crate::{AllowElem, Compiled, Direction, Shape};
 
 fn topo() -> Topology {
     Topology::new(|i| Ipv4Addr::new(10, 244, 0, 10 + i as u8))
@@ -170,6 +170,7 @@ fn apply(c: &mut Controller<Recording>, p: NetworkPolicy) -> crate::Diff {
 fn element_table() {
     let t = topo();
     let xa = ip(&t, "x/a");
+    let xb = ip(&t, "x/b");
     let all_v4 = (Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::new(255, 255, 255, 255));
     let cases: Vec<(&str, serde_json::Value, BTreeSet<AllowElem>)> = vec![
         (
@@ -191,11 +192,39 @@ fn element_table() {
             [elem(ip(&t, "y/b"), ip(&t, "y/b"), (6, 6), (80, 80))].into(),
         ),
         (
-            "namespace y: three adjacent pods merge into one range",
+            "namespace y: one exact element per pod, adjacent or not",
             json!({ "podSelector": { "matchLabels": { "pod": "a" } },
                     "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "ns": "y" } } }],
                                   "ports": [{ "port": 81, "protocol": "UDP" }] }] }),
-            [elem(ip(&t, "y/a"), ip(&t, "y/c"), (17, 17), (81, 81))].into(),
+            ["y/a", "y/b", "y/c"]
+                .iter()
+                .map(|p| elem(ip(&t, p), ip(&t, p), (17, 17), (81, 81)))
+                .collect(),
+        ),
+        (
+            "pod peer: no ports is every protocol, a protocol alone every port",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                    "ingress": [{ "from": [{ "podSelector": { "matchLabels": { "pod": "b" } } }] },
+                                { "from": [{ "podSelector": { "matchLabels": { "pod": "c" } } }],
+                                  "ports": [{ "protocol": "UDP" }, { "port": 53, "protocol": "UDP" }] }] }),
+            [
+                elem(ip(&t, "x/b"), ip(&t, "x/b"), (0, 255), (0, 65535)),
+                elem(ip(&t, "x/c"), ip(&t, "x/c"), (17, 17), (0, 65535)),
+            ]
+            .into(),
+        ),
+        (
+            "pod peer: a short endPort range becomes exact ports, a long one a range",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                    "ingress": [{ "from": [{ "podSelector": { "matchLabels": { "pod": "b" } } }],
+                                  "ports": [{ "port": 80, "endPort": 82 }, { "port": 1000, "endPort": 2000 }] }] }),
+            [
+                elem(ip(&t, "x/b"), ip(&t, "x/b"), (6, 6), (80, 80)),
+                elem(ip(&t, "x/b"), ip(&t, "x/b"), (6, 6), (81, 81)),
+                elem(ip(&t, "x/b"), ip(&t, "x/b"), (6, 6), (82, 82)),
+                elem(ip(&t, "x/b"), ip(&t, "x/b"), (6, 6), (1000, 2000)),
+            ]
+            .into(),
         ),
         (
             "ipBlock with except splits the block",
@@ -236,13 +265,16 @@ fn element_table() {
                     "ingress": [
                         { "from": [{ "podSelector": { "matchLabels": { "pod": "b" } } }], "ports": [{ "port": 80 }] },
                         { "from": [{ "ipBlock": { "cidr": "10.244.0.0/28" } }] } ] }),
-            // x/b is 10.244.0.11, inside the /28: the whole /28 with every port covers it.
-            [elem(
-                Ipv4Addr::new(10, 244, 0, 0),
-                Ipv4Addr::new(10, 244, 0, 15),
-                (0, 255),
-                (0, 65535),
-            )]
+            // x/b (10.244.0.11) is also inside the /28: exact and range sets may overlap.
+            [
+                elem(xb, xb, (6, 6), (80, 80)),
+                elem(
+                    Ipv4Addr::new(10, 244, 0, 0),
+                    Ipv4Addr::new(10, 244, 0, 15),
+                    (0, 255),
+                    (0, 65535),
+                ),
+            ]
             .into(),
         ),
     ];
@@ -250,7 +282,26 @@ fn element_table() {
         let mut c = controller(&t);
         apply(&mut c, np("p", spec));
         let m = &c.enforcer().model;
-        assert_eq!(m.ingress.get(&xa), Some(&want), "case {name}");
+        assert_eq!(
+            m.elements(Direction::Ingress, xa),
+            Some(want.clone()),
+            "case {name}"
+        );
+        // Each element sits in the set its shape names: ranges only in the class.
+        let pd = &m.ingress[&xa];
+        assert!(
+            pd.exact.iter().all(|e| e.shape() != Shape::Range),
+            "case {name}"
+        );
+        let ranges = pd
+            .class
+            .map(|c| m.in_classes.ranges[&c].clone())
+            .unwrap_or_default();
+        assert!(
+            ranges.iter().all(|e| e.shape() == Shape::Range),
+            "case {name}"
+        );
+        assert_eq!(pd.exact.len() + ranges.len(), want.len(), "case {name}");
         assert!(m.egress.is_empty(), "case {name}: no egress isolation");
         assert_eq!(m.ingress.len(), 1, "case {name}: only x/a isolated");
     }
@@ -275,7 +326,7 @@ fn label_change_and_deletions_are_element_updates() {
     let e_b = elem(xb, xb, (PROTO_TCP, PROTO_TCP), (80, 80));
     assert_eq!(d.ingress.add, vec![(xa, e_b)]);
 
-    // x/c takes label pod=b: one element replaced (the range now covers .11-.12).
+    // x/c takes label pod=b: one exact element more, nothing else.
     let xc = ip(&t, "x/c");
     let d = c
         .handle(Event::Pod(watcher::Event::Apply(
@@ -283,9 +334,10 @@ fn label_change_and_deletions_are_element_updates() {
         )))
         .unwrap()
         .unwrap();
-    let e_bc = elem(xb, xc, (PROTO_TCP, PROTO_TCP), (80, 80));
-    assert_eq!(d.ingress.remove, vec![(xa, e_b)]);
-    assert_eq!(d.ingress.add, vec![(xa, e_bc)]);
+    let e_c = elem(xc, xc, (PROTO_TCP, PROTO_TCP), (80, 80));
+    assert!(d.ingress.remove.is_empty());
+    assert_eq!(d.ingress.add, vec![(xa, e_c)]);
+    assert_eq!(d.len(), 1);
     assert!(d.ingress.isolate.is_empty() && d.egress.is_empty());
 
     // A status-only update of a pod is no change at all.
@@ -304,8 +356,8 @@ fn label_change_and_deletions_are_element_updates() {
         )))
         .unwrap()
         .unwrap();
-    assert_eq!(d.ingress.remove, vec![(xa, e_bc)]);
-    assert_eq!(d.ingress.add, vec![(xa, elem(xc, xc, (6, 6), (80, 80)))]);
+    assert_eq!(d.ingress.remove, vec![(xa, e_b)]);
+    assert_eq!(d.len(), 1);
 
     // Deleting the selected pod removes its isolation and elements.
     let d = c
@@ -377,7 +429,10 @@ fn inexpressible_entries_are_warned_with_the_policy_name_and_stay_closed() {
         "{w:?}"
     );
     let m = &c.enforcer().model;
-    assert_eq!(m.ingress.get(&ip(&t, "x/a")), Some(&BTreeSet::new()));
+    assert_eq!(
+        m.elements(Direction::Ingress, ip(&t, "x/a")),
+        Some(BTreeSet::new())
+    );
     assert!(!m.allows(ip(&t, "x/b"), ip(&t, "x/a"), PROTO_TCP, 80));
     assert!(!m.allows(ip(&t, "x/b"), ip(&t, "x/a"), PROTO_UDP, 81));
 }

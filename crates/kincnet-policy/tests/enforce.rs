@@ -14,10 +14,11 @@ use std::time::Duration;
 use common::{enter, probe, run, sysctl_read, Netns, Servers};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kincnet_policy::controller::{Controller, Event};
-use kincnet_policy::model::PROTO_TCP;
-use kincnet_policy::nft::{NftEnforcer, CHAIN_FORWARD, SET_EG_ALLOW, SET_IN_ALLOW};
+use kincnet_policy::model::{Direction, PROTO_TCP};
+use kincnet_policy::nft::{class_set_name, set_name, NftEnforcer, Role, CHAIN_FORWARD};
 use kincnet_policy::testkit::{self, Matrix, Step, Topology, PROBE_PORTS};
 use kincnet_policy::Enforcer;
+use kincnet_policy::Shape;
 use kube::runtime::watcher;
 
 const SUBNET: [u8; 3] = [10, 213, 0];
@@ -114,13 +115,18 @@ fn step_event(s: Step, t: &Topology) -> Event {
 }
 
 fn nft_set_len(set: &str) -> usize {
-    let out = run("nft", &["-j", "list", "set", "ip", TABLE, set]);
+    let kind = if set.ends_with("_class") {
+        "map"
+    } else {
+        "set"
+    };
+    let out = run("nft", &["-j", "list", kind, "ip", TABLE, set]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("nft -j output");
     v["nftables"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|o| o.get("set"))
+        .filter_map(|o| o.get("set").or_else(|| o.get("map")))
         .map(|s| s["elem"].as_array().map_or(0, Vec::len))
         .sum()
 }
@@ -191,22 +197,36 @@ fn conformance_scenarios_reachability_matrix_on_a_real_bridge() {
                 p.id()
             );
         }
+        // The kernel holds what the model says, set by set.
         let model = ctl.reconciler().programmed().clone();
-        let model_len = |m: &std::collections::BTreeMap<_, std::collections::BTreeSet<_>>| {
-            m.values().map(|s| s.len()).sum::<usize>()
-        };
-        assert_eq!(
-            nft_set_len(SET_IN_ALLOW),
-            model_len(&model.ingress),
-            "{}",
-            s.name
-        );
-        assert_eq!(
-            nft_set_len(SET_EG_ALLOW),
-            model_len(&model.egress),
-            "{}",
-            s.name
-        );
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let (pods, classes) = model.dir(dir);
+            let kernel = |r: Role| nft_set_len(&set_name(dir, r));
+            let exact = |r: Role| {
+                pods.values()
+                    .flat_map(|p| &p.exact)
+                    .filter(|e| match r {
+                        Role::Peer => e.shape() == Shape::Peer,
+                        Role::Proto => e.shape() == Shape::Proto,
+                        _ => e.shape() == Shape::Port,
+                    })
+                    .count()
+            };
+            let what = format!("{}: {dir:?}", s.name);
+            assert_eq!(kernel(Role::Isolated), pods.len(), "{what}");
+            for r in [Role::Peer, Role::Proto, Role::Port] {
+                assert_eq!(kernel(r), exact(r), "{what}: {r:?}");
+            }
+            let bound = pods.values().filter(|p| p.class.is_some()).count();
+            assert_eq!(kernel(Role::Class), bound, "{what}: class map");
+            for (id, ranges) in &classes.ranges {
+                assert_eq!(
+                    nft_set_len(&class_set_name(dir, *id)),
+                    ranges.len(),
+                    "{what}: class {id:08x}"
+                );
+            }
+        }
 
         // Back to the base state through the same event path.
         let (_, _, pols) = ctl.stores();
@@ -224,7 +244,17 @@ fn conformance_scenarios_reachability_matrix_on_a_real_bridge() {
                 .unwrap();
         }
         assert_eq!(ctl.status().elements, 0, "{}: reset", s.name);
-        assert_eq!(nft_set_len(SET_IN_ALLOW) + nft_set_len(SET_EG_ALLOW), 0);
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for r in Role::ALL {
+                assert_eq!(nft_set_len(&set_name(dir, r)), 0, "{}: reset", s.name);
+            }
+        }
+        let table = run("nft", &["list", "table", "ip", TABLE]);
+        assert!(
+            !table.contains("policy_in_r") && !table.contains("policy_eg_r"),
+            "{}: class sets left after the reset:\n{table}",
+            s.name
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 

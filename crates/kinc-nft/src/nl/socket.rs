@@ -55,6 +55,37 @@ fn setopt(fd: i32, level: i32, opt: i32, val: i32) -> bool {
     }
 }
 
+/// Send buffer asked for at open: room for batches of some 50,000 elements.
+const SNDBUF_DEFAULT: usize = 4 << 20;
+
+/// Sets a socket buffer size: `force` (root, ignores the sysctl caps), else `plain`
+/// (capped by `net.core.{w,r}mem_max`). Returns whether either worked.
+fn set_buf(fd: i32, force: i32, plain: i32, bytes: usize) -> bool {
+    let v = i32::try_from(bytes).unwrap_or(i32::MAX);
+    setopt(fd, libc::SOL_SOCKET, force, v) || setopt(fd, libc::SOL_SOCKET, plain, v)
+}
+
+/// The send buffer the kernel granted (it reports twice what was asked).
+fn get_buf(fd: i32, opt: i32) -> usize {
+    let mut v: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: valid fd, pointer to a live c_int and its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        usize::try_from(v).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 /// A decoded netlink message header + payload, borrowed from the receive buffer.
 struct Raw<'a> {
     kind: u16,
@@ -121,10 +152,12 @@ impl Socket {
         // kernel's explanation when it has one. Both are best effort on old kernels.
         setopt(raw, SOL_NETLINK, NETLINK_CAP_ACK, 1);
         setopt(raw, SOL_NETLINK, NETLINK_EXT_ACK, 1);
-        // Room for the acks of a large batch; FORCE works as root, the plain one as not.
-        if !setopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 4 << 20) {
-            setopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20);
-        }
+        // Room for the acks of a large batch, and for the batch itself: a whole
+        // transaction must go in one sendto (nfnetlink reads BEGIN..END from one skb),
+        // and netlink refuses a message larger than the send buffer with EMSGSIZE.
+        // `commit` grows the send buffer further when a batch needs it.
+        set_buf(raw, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 4 << 20);
+        set_buf(raw, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SNDBUF_DEFAULT);
         let tv = libc::timeval {
             tv_sec: 10,
             tv_usec: 0,
@@ -165,6 +198,21 @@ impl Socket {
             buf: vec![0; 1 << 16],
             broken: false,
         })
+    }
+
+    /// Grows the send buffer so that one `len`-byte batch fits (netlink wants
+    /// `len <= sk_sndbuf - 32`); if the kernel does not allow it, `sendto` reports EMSGSIZE.
+    fn fit_sndbuf(&self, len: usize) {
+        let fd = self.fd.as_raw_fd();
+        if get_buf(fd, libc::SO_SNDBUF) >= len + 4096 {
+            return;
+        }
+        set_buf(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, len + 4096);
+    }
+
+    /// The send buffer in bytes, as the kernel reports it.
+    pub fn sndbuf(&self) -> usize {
+        get_buf(self.fd.as_raw_fd(), libc::SO_SNDBUF)
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -289,6 +337,7 @@ impl Socket {
         let mut end_msg = end;
         end_msg.attrs.clear();
         end_msg.encode(end_seq, NFNL_SUBSYS_NFTABLES, &mut out);
+        self.fit_sndbuf(out.len());
         self.send(&out)?;
 
         let mut failures: Vec<(usize, i32, Option<String>)> = Vec::new();
