@@ -199,10 +199,15 @@ impl Drop for Controller {
     }
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_kincnet-policy");
+/// The binary under test: this build's, or `KINCNET_POLICY_TEST_BIN` (e.g. the static
+/// one `cargo xtask image` puts in the node image).
+fn bin() -> String {
+    std::env::var("KINCNET_POLICY_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kincnet-policy").to_string())
+}
 
 fn status(file: &Path) -> Option<Status> {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["--status", "-o", "json", "--status-file"])
         .arg(file)
         .output()
@@ -261,6 +266,83 @@ fn policy(ns: &str, name: &str, spec: Value) -> Value {
     json!({"metadata": {"name": name, "namespace": ns}, "spec": spec})
 }
 
+/// Starts the controller in `ns` with the kubeconfig kinc-init's write-policy-kubeconfig
+/// step would write for an admin.conf whose server is `addr`; returns it and its status file.
+fn spawn_controller(
+    ns: &Netns,
+    table: &str,
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    token: &str,
+) -> (Controller, PathBuf) {
+    let ca = serde_json::to_value(k8s_openapi::ByteString(TEST_CA.as_bytes().to_vec())).unwrap();
+    let admin = kube::config::Kubeconfig::from_yaml(&format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kubernetes\n  cluster:\n    server: http://{addr}\n    certificate-authority-data: {}\ncontexts:\n- name: admin\n  context: {{cluster: kubernetes, user: admin}}\ncurrent-context: admin\nusers:\n- name: admin\n  user: {{token: not-for-the-controller}}\n",
+        ca.as_str().unwrap()
+    ))
+    .unwrap();
+    let kc =
+        kinc_init::policy::controller_kubeconfig(&admin, Path::new("admin.conf"), token).unwrap();
+    let kc_path = dir.join("kincnet-policy.kubeconfig");
+    std::fs::write(&kc_path, kinc_init::policy::to_yaml(&kc)).unwrap();
+    std::fs::set_permissions(&kc_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let status_file = dir.join("status.json");
+    let log = dir.join("controller.log");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, &bin(), "--kubeconfig"])
+        .arg(&kc_path)
+        .args(["--table", table, "--resync", "1h", "--status-file"])
+        .arg(&status_file)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(File::create(&log).unwrap())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .expect("spawning kincnet-policy");
+    (Controller { child, log }, status_file)
+}
+
+#[test]
+fn a_wrong_token_is_refused_and_nothing_is_programmed() {
+    kinc_testutil::require_root_and!("ip", "nft");
+    let pid = std::process::id();
+    let table = format!("kpolapt{pid}");
+    let ns = Netns::new(format!("kpolapt{pid}"));
+    let listener = ns.listen();
+    let addr = listener.local_addr().unwrap();
+    let api = FakeApi::start(listener, "the-right-token", role_rules());
+    api.edit(|e| {
+        e.apply(Kind::Namespace, namespace("kpa", "a"));
+        e.apply(Kind::Pod, pod("kpa", "web", "web", 2));
+        e.apply(
+            Kind::NetworkPolicy,
+            policy("kpa", "deny", json!({"podSelector": {}})),
+        );
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (ctl, status_file) = spawn_controller(&ns, &table, dir.path(), addr, "a-stale-token");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ["pods", "namespaces", "networkpolicies"]
+        .iter()
+        .any(|r| api.count("list", r, 401) < 2)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no retried 401s: {:#?}\n{}",
+            api.requests(),
+            ctl.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Still running, never synced, nothing isolated; no request got past authentication.
+    let s = status(&status_file).expect("status file");
+    assert!(!s.synced && s.isolated_ingress == 0, "{s:#?}");
+    assert!(addresses(&ns.0, &table, SET_IN_ISOLATED).is_empty());
+    assert!(api.requests().iter().all(|r| r.status == 401));
+    drop(ctl);
+}
+
 #[test]
 fn controller_lists_watches_and_relists_against_an_http_api_server() {
     kinc_testutil::require_root_and!("ip", "nft");
@@ -292,36 +374,8 @@ fn controller_lists_watches_and_relists_against_an_http_api_server() {
         );
     });
 
-    // The kubeconfig as kinc-init's write-policy-kubeconfig step writes it, from an
-    // admin.conf whose server is the fake.
     let dir = tempfile::tempdir().unwrap();
-    let ca = serde_json::to_value(k8s_openapi::ByteString(TEST_CA.as_bytes().to_vec())).unwrap();
-    let admin = kube::config::Kubeconfig::from_yaml(&format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kubernetes\n  cluster:\n    server: http://{}\n    certificate-authority-data: {}\ncontexts:\n- name: admin\n  context: {{cluster: kubernetes, user: admin}}\ncurrent-context: admin\nusers:\n- name: admin\n  user: {{token: not-for-the-controller}}\n",
-        addr,
-        ca.as_str().unwrap()
-    ))
-    .unwrap();
-    let kc =
-        kinc_init::policy::controller_kubeconfig(&admin, Path::new("admin.conf"), &token).unwrap();
-    let kc_path = dir.path().join("kincnet-policy.kubeconfig");
-    std::fs::write(&kc_path, kinc_init::policy::to_yaml(&kc)).unwrap();
-    std::fs::set_permissions(&kc_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-
-    let status_file = dir.path().join("status.json");
-    let log = dir.path().join("controller.log");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, BIN, "--kubeconfig"])
-        .arg(&kc_path)
-        .args(["--table", &table, "--resync", "1h", "--status-file"])
-        .arg(&status_file)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(File::create(&log).unwrap())
-        .stderr(File::create(&log).unwrap())
-        .spawn()
-        .expect("spawning kincnet-policy");
-    let ctl = Controller { child, log };
+    let (ctl, status_file) = spawn_controller(&ns, &table, dir.path(), addr, &token);
 
     let converge = |what: &str, check: &dyn Fn(&Status) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(60);
