@@ -14,9 +14,9 @@ pub use context::{Binary, BINARIES};
 
 /// Builds the kinc node image (`localhost/kinc/node:v1.33.5` by default).
 ///
-/// Steps: `cargo build --release` of kincnet, crun-wrapper, cgroup-setup and kinc-init;
-/// assemble the context (image/Containerfile, image/repos, image/files, manifests/, the
-/// binaries); check it (every COPY source exists, the binaries run `--version`, systemd
+/// Steps: `cargo build --release` of kincnet, crun-wrapper, cgroup-setup, kinc-init and
+/// kincnet-policy; assemble the context (image/Containerfile, image/repos, image/files,
+/// manifests/, the binaries); check it (every COPY source exists, the binaries run `--version`, systemd
 /// units pass `systemd-analyze verify`, CRI-O drop-ins parse as TOML, YAML and JSON parse,
 /// kinc-init renders a kubeadm config); then `podman build`. The build needs network
 /// access to registry.fedoraproject.org, pkgs.k8s.io and download.opensuse.org.
@@ -37,7 +37,7 @@ pub struct Args {
     /// Assemble and check the context in DIR, then stop (no podman needed).
     #[arg(long, value_name = "DIR")]
     pub context_only: Option<PathBuf>,
-    /// Take the four binaries from DIR instead of building them (e.g. target/debug).
+    /// Take the node binaries from DIR instead of building them (e.g. target/debug).
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
 }

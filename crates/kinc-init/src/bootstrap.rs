@@ -19,6 +19,7 @@ use crate::fsx;
 use crate::kubeadm::KubeadmConfig;
 use crate::netinfo::{detect_node_ip, NodeIpError};
 use crate::paths::NodePaths;
+use crate::policy::{self, PolicyAccessError};
 use crate::runner::{Cmd, RunError, Runner};
 use crate::state::{choose_config, ChooseConfigError, NodeState, StateError};
 
@@ -34,6 +35,7 @@ pub mod step {
     pub const REMOVE_TAINT: &str = "remove-control-plane-taint";
     pub const APPLY_MANIFESTS: &str = "apply-manifests";
     pub const SAVE_KUBECONFIG: &str = "save-kubeconfig";
+    pub const WRITE_POLICY_KUBECONFIG: &str = "write-policy-kubeconfig";
     pub const WAIT_NODE_READY: &str = "wait-node-ready";
     pub const WAIT_COREDNS: &str = "wait-coredns";
 }
@@ -46,13 +48,14 @@ pub const PREPARE_STEPS: [&str; 4] = [
     step::WRITE_CNI_CONFIG,
 ];
 /// Steps of `kinc-init bootstrap`.
-pub const BOOTSTRAP_STEPS: [&str; 8] = [
+pub const BOOTSTRAP_STEPS: [&str; 9] = [
     step::WAIT_CRIO,
     step::RESTORE_NODE,
     step::KUBEADM_INIT,
     step::REMOVE_TAINT,
     step::APPLY_MANIFESTS,
     step::SAVE_KUBECONFIG,
+    step::WRITE_POLICY_KUBECONFIG,
     step::WAIT_NODE_READY,
     step::WAIT_COREDNS,
 ];
@@ -106,6 +109,8 @@ pub enum InitError {
     NodeIp(#[from] NodeIpError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error(transparent)]
+    PolicyAccess(#[from] PolicyAccessError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -342,6 +347,10 @@ impl<'a> Bootstrap<'a> {
         t.run(step::REMOVE_TAINT, || self.remove_taint(&node))?;
         t.run(step::APPLY_MANIFESTS, || self.apply_manifests())?;
         t.run(step::SAVE_KUBECONFIG, || self.save_kubeconfig())?;
+        let note = t.run(step::WRITE_POLICY_KUBECONFIG, || {
+            self.write_policy_kubeconfig()
+        })?;
+        t.note(step::WRITE_POLICY_KUBECONFIG, note)?;
         t.run(step::WAIT_NODE_READY, || self.wait_node_ready(&node))?;
         t.run(step::WAIT_COREDNS, || self.wait_coredns())?;
         Ok(t.status)
@@ -526,6 +535,45 @@ impl<'a> Bootstrap<'a> {
         let backup = self.paths.etc_kubernetes_backup();
         fsx::replace_tree(&self.paths.etc_kubernetes(), &backup)
             .map_err(io_err("copying /etc/kubernetes to", &backup))
+    }
+
+    /// The kincnet-policy controller's kubeconfig: the token of the ServiceAccount that
+    /// `apply-manifests` created (waiting for kube-controller-manager to issue it) and the
+    /// admin kubeconfig's cluster. Runs on every boot, so a recreated container (a fresh
+    /// /etc) gets it back; an unchanged file is not rewritten.
+    fn write_policy_kubeconfig(&self) -> Result<String, InitError> {
+        let cmd = self.kubectl([
+            "--namespace",
+            policy::NAMESPACE,
+            "get",
+            "secret",
+            policy::TOKEN_SECRET,
+            "--output",
+            "json",
+        ]);
+        let token = self.retry(
+            "the kincnet-policy ServiceAccount token",
+            self.timeouts.api,
+            || {
+                let out = self.runner.run_ok(&cmd)?;
+                Ok(policy::token_from_secret_json(&out.stdout)?)
+            },
+        )?;
+        let admin_path = self.paths.admin_conf();
+        let admin = policy::read_admin(&admin_path)?;
+        let kc = policy::controller_kubeconfig(&admin, &admin_path, &token)?;
+        let yaml = policy::to_yaml(&kc);
+        let path = self.paths.policy_kubeconfig();
+        if std::fs::read(&path).is_ok_and(|old| old == yaml.as_bytes()) {
+            return Ok(format!("{} unchanged", policy::POLICY_KUBECONFIG));
+        }
+        write_file(&path, yaml.as_bytes(), 0o600)?;
+        Ok(format!(
+            "wrote {} (ServiceAccount {}/{})",
+            policy::POLICY_KUBECONFIG,
+            policy::NAMESPACE,
+            policy::SERVICE_ACCOUNT
+        ))
     }
 
     fn wait_node_ready(&self, node: &str) -> Result<(), InitError> {

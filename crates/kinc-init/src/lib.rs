@@ -2,7 +2,8 @@
 //!
 //! [`bootstrap::Bootstrap`] runs the named steps and records each in the status file
 //! (`kinc_types::BootstrapStatus`); [`kubeadm`] and [`cni`] render the configs as typed
-//! structs; every external program goes through [`runner::Runner`].
+//! structs; every external program goes through [`runner::Runner`]; [`policy`] makes
+//! the kincnet-policy controller's kubeconfig.
 
 pub mod bootstrap;
 pub mod cni;
@@ -10,6 +11,7 @@ pub mod fsx;
 pub mod kubeadm;
 pub mod netinfo;
 pub mod paths;
+pub mod policy;
 pub mod runner;
 pub mod state;
 

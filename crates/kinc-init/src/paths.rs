@@ -79,6 +79,10 @@ impl NodePaths {
     pub fn exported_admin_conf(&self) -> PathBuf {
         self.at(node::ADMIN_KUBECONFIG)
     }
+    /// The kincnet-policy controller's kubeconfig (its ServiceAccount token).
+    pub fn policy_kubeconfig(&self) -> PathBuf {
+        self.at(crate::policy::POLICY_KUBECONFIG)
+    }
     pub fn crio_socket(&self) -> PathBuf {
         self.at(CRIO_SOCKET)
     }

@@ -72,6 +72,7 @@ fn first_boot_runs_every_step_in_order() {
             "kubeadm init --config /var/lib/kinc/kubeadm.yaml".to_string(),
             format!("kubectl {a} taint nodes kinc-dev-control-plane node-role.kubernetes.io/control-plane:NoSchedule-"),
             format!("kubectl {a} apply -f /usr/share/kinc/manifests/cluster"),
+            format!("kubectl {a} --namespace kube-system get secret kincnet-policy-token --output json"),
             format!("kubectl {a} wait --for=condition=Ready node/kinc-dev-control-plane --timeout=1s"),
             format!("kubectl {a} --namespace kube-system wait --for=condition=Available deployment/coredns --timeout=1s"),
         ]

@@ -38,6 +38,7 @@ fn round_trip(doc: &Value) -> Result<Value, String> {
     match kind {
         "Namespace" => typed::<core::v1::Namespace>(doc),
         "ServiceAccount" => typed::<core::v1::ServiceAccount>(doc),
+        "Secret" => typed::<core::v1::Secret>(doc),
         "ConfigMap" => typed::<core::v1::ConfigMap>(doc),
         "Service" => typed::<core::v1::Service>(doc),
         "PersistentVolumeClaim" => typed::<core::v1::PersistentVolumeClaim>(doc),

@@ -5,6 +5,8 @@
 //! config), the mounted config chosen, the status file, and the restart paths: a stopped
 //! and started container never runs `kubeadm init` again, and a container recreated on the
 //! same `/var` with a new IP gets `/etc/kubernetes` back and the IP-dependent phases redone.
+//! Also the image's `kincnet-policy.path`: the controller (a stand-in) starts once kinc-init
+//! wrote its kubeconfig, with the unit's arguments, and again at the next boot.
 //!
 //! Needs root, podman, debootstrap, tar. The Debian rootfs is cached in
 //! CARGO_TARGET_TMPDIR (keyed by what goes into it) and imported once as an image.
@@ -154,6 +156,8 @@ fn overlay(dir: &Path) {
         "kinc-init.service",
         "crio.service.d/10-kinc.conf",
         "kubelet.service.d/10-kinc.conf",
+        "kincnet-policy.service",
+        "kincnet-policy.path",
     ] {
         let text = std::fs::read_to_string(units.join(rel)).unwrap();
         write(dir, &format!("etc/systemd/system/{rel}"), &text, 0o644);
@@ -184,15 +188,28 @@ fn overlay(dir: &Path) {
         0o755,
     );
     write(dir, "usr/local/bin/crictl", &recorder("crictl", ""), 0o755);
+    // The kincnet-policy token Secret as kube-controller-manager completes it.
     write(
         dir,
         "usr/local/bin/kubectl",
-        &recorder("kubectl", ""),
+        &recorder(
+            "kubectl",
+            &format!(
+                "case \"$*\" in *kincnet-policy-token*) printf '%s' '{TOKEN_SECRET}' ;; esac\n"
+            ),
+        ),
+        0o755,
+    );
+    // The controller: records how systemd started it and stays up.
+    write(
+        dir,
+        "usr/local/bin/kincnet-policy",
+        &recorder("kincnet-policy", "exec sleep infinity\n"),
         0o755,
     );
     // kubeadm init leaves what kinc-init and kubelet look for, and (re)starts kubelet.
     write(dir, "usr/local/bin/kubeadm", &recorder("kubeadm",
-        "if [ \"$1 $2\" = \"init --config\" ] || [ \"$3\" = kubelet-start ]; then\n  mkdir -p /etc/kubernetes/pki /var/lib/kubelet\n  echo 'kind: Config' > /etc/kubernetes/admin.conf\n  echo ca > /etc/kubernetes/pki/ca.crt\n  echo 'kind: KubeletConfiguration' > /var/lib/kubelet/config.yaml\n  systemctl restart kubelet.service\nfi\n"), 0o755);
+        &format!("if [ \"$1 $2\" = \"init --config\" ] || [ \"$3\" = kubelet-start ]; then\n  mkdir -p /etc/kubernetes/pki /var/lib/kubelet\n  printf '%s' '{ADMIN_CONF}' > /etc/kubernetes/admin.conf\n  echo ca > /etc/kubernetes/pki/ca.crt\n  echo 'kind: KubeletConfiguration' > /var/lib/kubelet/config.yaml\n  systemctl restart kubelet.service\nfi\n")), 0o755);
     for u in [
         "kinc-cgroup-setup",
         "kinc-prepare",
@@ -206,7 +223,35 @@ fn overlay(dir: &Path) {
         std::fs::create_dir_all(link.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(format!("/etc/systemd/system/{u}.service"), link).unwrap();
     }
+    let link = dir.join("etc/systemd/system/multi-user.target.wants/kincnet-policy.path");
+    std::os::unix::fs::symlink("/etc/systemd/system/kincnet-policy.path", link).unwrap();
 }
+
+/// kubeadm's admin.conf, shaped as kubeadm writes it (no single quotes: printed by sh).
+const ADMIN_CONF: &str = "apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority-data: Q0E=
+    server: https://127.0.0.1:6443
+  name: kubernetes
+contexts:
+- context:
+    cluster: kubernetes
+    user: kubernetes-admin
+  name: kubernetes-admin@kubernetes
+current-context: kubernetes-admin@kubernetes
+users:
+- name: kubernetes-admin
+  user:
+    client-certificate-data: Q0VSVA==
+    client-key-data: S0VZ
+";
+
+/// `kubectl get secret kincnet-policy-token -o json`, token "it-token".
+const TOKEN_SECRET: &str = r#"{"apiVersion":"v1","kind":"Secret","type":"kubernetes.io/service-account-token","metadata":{"name":"kincnet-policy-token","namespace":"kube-system","annotations":{"kubernetes.io/service-account.name":"kincnet-policy"}},"data":{"token":"aXQtdG9rZW4="}}"#;
+
+const POLICY_CMD: &str = "kincnet-policy --kubeconfig /etc/kinc/kincnet-policy.kubeconfig --table kincnet --status-file /run/kincnet-policy/status.json";
 
 /// Removes everything the test made, also on panic.
 struct Cleanup {
@@ -286,6 +331,25 @@ impl Node<'_> {
                 let j = self.exec(&["journalctl", "--no-pager", "-b", "-n", "80"]);
                 panic!(
                     "kinc-init.service still {state:?}; journal:\n{}",
+                    String::from_utf8_lossy(&j.stdout)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Until `unit` is active (started by a path unit, so it may lag kinc-init a little).
+    fn wait_active(&self, unit: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let o = self.exec(&["systemctl", "is-active", unit]);
+            if String::from_utf8_lossy(&o.stdout).trim() == "active" {
+                return;
+            }
+            if Instant::now() > deadline {
+                let j = self.exec(&["journalctl", "--no-pager", "-b", "-u", unit]);
+                panic!(
+                    "{unit} not active: {o:?}; journal:\n{}",
                     String::from_utf8_lossy(&j.stdout)
                 );
             }
@@ -418,6 +482,7 @@ fn units_run_in_order_and_restarts_never_rerun_kubeadm_init() {
     let order = ["cgroup-setup", "crio-start", "crictl --runtime-endpoint unix:///var/run/crio/crio.sock info",
         "kubeadm init --config /var/lib/kinc/kubeadm.yaml", "kubelet-start", "kubectl --kubeconfig /etc/kubernetes/admin.conf taint",
         "kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /usr/share/kinc/manifests/cluster",
+        "kubectl --kubeconfig /etc/kubernetes/admin.conf --namespace kube-system get secret kincnet-policy-token --output json",
         "kubectl --kubeconfig /etc/kubernetes/admin.conf wait --for=condition=Ready node/kinc-ittest-control-plane",
         "kubectl --kubeconfig /etc/kubernetes/admin.conf --namespace kube-system wait --for=condition=Available deployment/coredns"];
     let idx: Vec<usize> = order.iter().map(|p| index(&calls, p)).collect();
@@ -459,6 +524,39 @@ fn units_run_in_order_and_restarts_never_rerun_kubeadm_init() {
         ],
     );
     assert_eq!(mode.trim(), "600");
+    // kincnet-policy.path started the controller once its kubeconfig was written, with
+    // the unit's arguments, and the file holds the Secret's token.
+    node.wait_active("kincnet-policy.service");
+    let calls = node.calls();
+    assert!(
+        index(&calls, POLICY_CMD) > index(&calls, "kubectl --kubeconfig /etc/kubernetes/admin.conf --namespace kube-system get secret"),
+        "{calls:#?}"
+    );
+    let mode = run_ok(
+        "podman",
+        &[
+            "exec",
+            &c.name,
+            "stat",
+            "-c",
+            "%a",
+            "/etc/kinc/kincnet-policy.kubeconfig",
+        ],
+    );
+    assert_eq!(mode.trim(), "600");
+    let kc = run_ok(
+        "podman",
+        &[
+            "exec",
+            &c.name,
+            "cat",
+            "/etc/kinc/kincnet-policy.kubeconfig",
+        ],
+    );
+    assert!(
+        kc.contains("token: it-token") && kc.contains("server: https://127.0.0.1:6443"),
+        "{kc}"
+    );
 
     // ---- stop and start: same container, same IP ----
     let before = calls.len();
@@ -475,6 +573,10 @@ fn units_run_in_order_and_restarts_never_rerun_kubeadm_init() {
         new.iter().any(|l| l.contains("wait --for=condition=Ready")),
         "{new:#?}"
     );
+    // The kubeconfig is still there, so the controller is started at boot again.
+    node.wait_active("kincnet-policy.service");
+    let new: Vec<String> = node.calls()[before..].to_vec();
+    assert!(new.iter().any(|l| l == POLICY_CMD), "{new:#?}");
 
     // ---- recreated on the same /var with a new IP ----
     let before = new.len() + before;

@@ -13,6 +13,21 @@ use kube::{Api, Client};
 
 use crate::controller::{Controller, Enforcer, Event, Status};
 
+/// What the controller asks of the API server: each watched kind as (API group,
+/// resource), and the verbs a kube-rs watcher uses on it (it lists, then watches; it never
+/// GETs a single object). The ServiceAccount's ClusterRole
+/// (`manifests/cluster/kincnet-policy.yaml`) grants exactly this; a test compares them.
+pub fn api_access() -> Vec<(&'static str, &'static str)> {
+    fn of<K: k8s_openapi::Resource>() -> (&'static str, &'static str) {
+        (K::GROUP, K::URL_PATH_SEGMENT)
+    }
+    // The same three types `run` builds its watchers from.
+    vec![of::<Pod>(), of::<Namespace>(), of::<NetworkPolicy>()]
+}
+
+/// The verbs of [`api_access`].
+pub const API_VERBS: [&str; 2] = ["list", "watch"];
+
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Where `--status` reads from (JSON, rewritten atomically).

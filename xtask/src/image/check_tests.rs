@@ -63,7 +63,9 @@ fn the_repository_context_passes_every_check() {
         "repos/kubernetes.repo",
         "files/etc/crio/crio.conf.d/10-kinc.conf",
         "manifests/cluster/local-path-storage.yaml",
+        "manifests/cluster/kincnet-policy.yaml",
         "bin/kinc-init",
+        "bin/kincnet-policy",
     ] {
         assert!(ctx.join(p).exists(), "{p} missing");
     }
@@ -80,7 +82,12 @@ fn the_repository_context_passes_every_check() {
             .lines()
             .find(|l| l.starts_with("systemd-analyze verify: "))
             .unwrap_or_else(|| panic!("no systemd-analyze line in {all}"));
-        for unit in ["kinc-init.service", "kinc-prepare.service"] {
+        for unit in [
+            "kinc-init.service",
+            "kinc-prepare.service",
+            "kincnet-policy.path",
+            "kincnet-policy.service",
+        ] {
             assert!(verify.contains(unit), "{unit} not verified: {verify}");
         }
         assert!(all.contains("crio.service, kubelet.service"), "{all}");
@@ -99,6 +106,7 @@ fn missing_binary_crates_are_named() {
         "crates/kincnet",
         "crates/crun-wrapper",
         "crates/cgroup-setup",
+        "crates/kincnet-policy",
     ] {
         assert!(err.contains(krate), "{err}");
     }

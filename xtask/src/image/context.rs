@@ -36,6 +36,11 @@ pub const BINARIES: &[Binary] = &[
         bin: "kinc-init",
         install: "/usr/local/bin/kinc-init",
     },
+    Binary {
+        krate: "kincnet-policy",
+        bin: "kincnet-policy",
+        install: "/usr/local/bin/kincnet-policy",
+    },
 ];
 
 /// Marks a directory as a context this task made, so it may be emptied next time.

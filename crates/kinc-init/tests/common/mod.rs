@@ -88,10 +88,52 @@ pub fn fail(code: i32, stderr: &str) -> Output {
     }
 }
 
+/// An admin.conf shaped like kubeadm's (CA "CA", client certificate "CERT").
+pub const ADMIN_CONF: &str = "apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority-data: Q0E=
+    server: https://127.0.0.1:6443
+  name: kubernetes
+contexts:
+- context:
+    cluster: kubernetes
+    user: kubernetes-admin
+  name: kubernetes-admin@kubernetes
+current-context: kubernetes-admin@kubernetes
+users:
+- name: kubernetes-admin
+  user:
+    client-certificate-data: Q0VSVA==
+    client-key-data: S0VZ
+";
+
+/// The token kube-controller-manager put in the kincnet-policy Secret ("sa-token").
+pub const SA_TOKEN: &str = "sa-token";
+
+/// `kubectl get secret kincnet-policy-token -o json` once the token is issued.
+pub fn token_secret_json(token: Option<&str>) -> String {
+    let mut s = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": "kincnet-policy-token", "namespace": "kube-system",
+            "annotations": {"kubernetes.io/service-account.name": "kincnet-policy"}},
+    });
+    if let Some(t) = token {
+        let b64 = serde_json::to_value(k8s_openapi::ByteString(t.as_bytes().to_vec())).unwrap();
+        s["data"] = serde_json::json!({ "token": b64 });
+    }
+    s.to_string()
+}
+
+pub fn is_get_token_secret(cmd: &Cmd) -> bool {
+    cmd.program == "kubectl" && cmd.args.iter().any(|a| a == "kincnet-policy-token")
+}
+
 /// What `kubeadm init` leaves in /etc/kubernetes and /var.
 pub fn fake_kubeadm_init(root: &Path) {
     let etc = root.join("etc/kubernetes");
-    write(&etc.join("admin.conf"), "apiVersion: v1\nkind: Config\n");
+    write(&etc.join("admin.conf"), ADMIN_CONF);
     write(&etc.join("pki/ca.crt"), "ca");
     write(&etc.join("pki/apiserver.crt"), "old-cert");
     write(&etc.join("pki/apiserver.key"), "old-key");
@@ -116,6 +158,13 @@ pub fn healthy_runner(
         if cmd.program == "kubeadm" && cmd.args[..2] == ["init", "phase"] && cmd.args[2] == "certs"
         {
             write(&root.join("etc/kubernetes/pki/apiserver.crt"), "new-cert");
+        }
+        if is_get_token_secret(cmd) {
+            return Output {
+                code: Some(0),
+                stdout: token_secret_json(Some(SA_TOKEN)),
+                ..Output::default()
+            };
         }
         ok()
     })
