@@ -187,3 +187,35 @@ fn a_broken_admin_kubeconfig_is_named_in_the_status() {
         "{msg}"
     );
 }
+
+/// The image's units name the file this step writes (they are plain systemd text, so
+/// this is where the path is held to the constant).
+#[test]
+fn the_image_units_start_the_controller_with_this_kubeconfig() {
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../image/files/etc/systemd/system");
+    let read = |f: &str| std::fs::read_to_string(units.join(f)).unwrap();
+    let path_unit = read("kincnet-policy.path");
+    assert!(
+        path_unit
+            .lines()
+            .any(|l| l == format!("PathExists={}", policy::POLICY_KUBECONFIG)),
+        "{path_unit}"
+    );
+    let service = read("kincnet-policy.service");
+    let exec = service
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let args: Vec<&str> = exec.split_whitespace().collect();
+    assert_eq!(args[0], "/usr/local/bin/kincnet-policy");
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| *a == flag)
+            .map(|i| args[i + 1])
+            .unwrap_or_else(|| panic!("{flag} missing in {exec}"))
+    };
+    assert_eq!(after("--kubeconfig"), policy::POLICY_KUBECONFIG);
+    // kincnet's own table, where the policy chains must go.
+    assert_eq!(after("--table"), kincnet::firewall::TABLE);
+}

@@ -469,20 +469,26 @@ fn controller_lists_watches_and_relists_against_an_http_api_server() {
         e.delete(Kind::Pod, "kpa", "web");
         e.apply(Kind::Pod, pod("kpa", "web2", "web", 5));
     });
-    let s = converge("relist after 410 Expired", &|s| {
-        s.pods == 3 && s.isolated_ingress == 1 && s.full_resyncs >= 2
-    });
-    assert_eq!(in_isolated(), ips(&[5]), "{s:#?}");
+    // Each watcher relists after its own (jittered) backoff; wait for all three and for
+    // their watches to be open again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while resources.iter().any(|r| lists(r) < 2) || api.open_watches() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no relist: {:#?}\n{}",
+            api.requests(),
+            ctl.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for r in resources {
         assert_eq!(api.count("watch", r, 410), 1, "{r}: {:#?}", api.requests());
         assert_eq!(lists(r), 2, "{r}: {:#?}", api.requests());
     }
-    // Afterwards it watches all three kinds again.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while api.open_watches() < 3 {
-        assert!(Instant::now() < deadline, "watches not reopened");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let s = converge("relist after 410 Expired", &|s| {
+        s.pods == 3 && s.isolated_ingress == 1 && s.full_resyncs >= 2
+    });
+    assert_eq!(in_isolated(), ips(&[5]), "{s:#?}");
     api.edit(|e| e.apply(Kind::Pod, pod("kpa", "web3", "web", 6)));
     converge("event after the relist", &|s| s.isolated_ingress == 2);
     assert_eq!(in_isolated(), ips(&[5, 6]));
