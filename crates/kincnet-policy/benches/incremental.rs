@@ -129,7 +129,7 @@ mod single_set {
     use std::net::Ipv4Addr;
 
     use kinc_nft::nl::consts::*;
-    use kinc_nft::nl::{concat_type, Elem, Family, Msg, Set, Socket, Table};
+    use kinc_nft::nl::{concat_type, with_socket, Elem, Family, Msg, Set, Socket, Table};
     use kincnet_policy::{AllowElem, Compiled, Diff, Direction};
 
     pub const TABLE: &str = "kincbench_single";
@@ -193,7 +193,7 @@ mod single_set {
                 msgs.push(set(dir).add_elems_msg(c));
             }
         }
-        Socket::open()?.commit(&msgs, None)
+        with_socket(|s: &mut Socket| s.commit(&msgs, None))
     }
 
     /// The same change as `d`, in this layout: the touched pods' elements, old and new.
@@ -240,7 +240,7 @@ mod single_set {
                 msgs.push(set(dir).add_elems_msg(&add));
             }
         }
-        Socket::open()?.commit(&msgs, None)
+        with_socket(|s: &mut Socket| s.commit(&msgs, None))
     }
 }
 

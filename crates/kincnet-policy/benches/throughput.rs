@@ -1,6 +1,7 @@
 //! TCP throughput between two pods on a real bridge (iperf3, 3 s each): with no policy,
-//! with 200 policies that allow the pair, and with the pair's allow in the last of the
-//! 200 policies. Needs root and iperf3; prints a skip otherwise.
+//! with 200 policies that allow the pair, with the pair's allow in the last of the
+//! 200 policies, and with the pair allowed through an ipBlock range (the range-class
+//! chain, after every exact set missed). Needs root and iperf3; prints a skip otherwise.
 //!
 //! `cargo bench -p kincnet-policy --bench throughput`
 
@@ -29,21 +30,24 @@ impl Drop for Server {
 }
 
 /// 200 policies selecting the server (app=srv). Policy k allows `peer(k)`; the pair's
-/// client is allowed by policy `client_at` only (199 = matched last, in rule terms).
-fn policies(client: Ipv4Addr, client_at: usize) -> Vec<NetworkPolicy> {
+/// client is allowed by policy `client_at` only (199 = matched last, in rule terms),
+/// through `client/<client_len>`.
+fn policies(client: Ipv4Addr, client_at: usize, client_len: u8) -> Vec<NetworkPolicy> {
     (0..200)
         .map(|k| {
-            let peer = if k == client_at {
-                client
+            let cidr = if k == client_at {
+                format!("{client}/{client_len}")
             } else {
-                // Every other address, so the compiler cannot merge them into one range.
-                Ipv4Addr::new(10, 214, 1, (2 * k + 1) as u8)
+                format!(
+                    "{}/32",
+                    Ipv4Addr::new(10, 214, 1 + (k / 100) as u8, (2 * k + 1) as u8)
+                )
             };
             policy(json!({
                 "metadata": { "namespace": "bench", "name": format!("pol{k:03}") },
                 "spec": {
                     "podSelector": { "matchLabels": { "app": "srv" } },
-                    "ingress": [{ "from": [{ "ipBlock": { "cidr": format!("{peer}/32") } }],
+                    "ingress": [{ "from": [{ "ipBlock": { "cidr": cidr } }],
                                   "ports": [{ "port": 5201 }] }]
                 }
             }))
@@ -120,8 +124,9 @@ fn main() {
     let mut results = Vec::new();
     for (name, pols) in [
         ("no policy", vec![]),
-        ("200 policies, pair allowed first", policies(cip, 0)),
-        ("200 policies, pair allowed last", policies(cip, 199)),
+        ("200 policies, pair allowed first", policies(cip, 0, 32)),
+        ("200 policies, pair allowed last", policies(cip, 199, 32)),
+        ("200 policies, pair by a /28 range", policies(cip, 199, 28)),
     ] {
         let mut r = Reconciler::new();
         r.resync(nss.iter(), objs.iter(), pols.iter());

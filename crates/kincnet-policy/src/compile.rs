@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use crate::boxes::{canonical, Box3, Span};
 use crate::compiled::{AllowElem, Compiled, DirRules, PodRules, Shape};
-use crate::model::{Direction, NsSel, ObjKey, Peer, PodInfo, PolicyInfo, PortSel, Rule};
+use crate::model::{Direction, NamedPort, NsSel, ObjKey, Peer, PodInfo, PolicyInfo, PortSel, Rule};
 use crate::selector::Labels;
 
 const ALL_ADDRS: Span = (0, u32::MAX as u64);
@@ -38,11 +38,17 @@ fn policy_subject(k: &ObjKey) -> String {
     format!("networkpolicy {k}")
 }
 
-/// Selector peers resolved once per compile batch: many pods share the same policies.
+/// Work shared by the pods of one compile batch: many pods share the same policies.
 #[derive(Default)]
 pub struct PeerCache<'a> {
+    /// Selector peers, resolved once.
     map: HashMap<(&'a ObjKey, Direction, usize, usize), Vec<&'a PodInfo>>,
+    /// Whole results, by what they depend on: the direction, the selecting policies and
+    /// the pod's declared ports (ingress named ports resolve against them).
+    rules: HashMap<RulesKey<'a>, DirRules>,
 }
+
+type RulesKey<'a> = (Direction, Vec<&'a ObjKey>, Vec<NamedPort>);
 
 /// The watched objects, parsed, with the indexes the compiler and the reconcile need.
 #[derive(Debug, Default, Clone)]
@@ -228,30 +234,47 @@ impl Cluster {
         if pod.ip.is_none() {
             return rules;
         }
+        let selecting: Vec<&PolicyInfo> = self
+            .policies_in(&pod.key.ns)
+            .filter(|pol| pol.pod_selector.matches(&pod.labels))
+            .collect();
         for dir in [Direction::Ingress, Direction::Egress] {
-            let mut acc = Acc::default();
-            let mut isolated = false;
-            for pol in self.policies_in(&pod.key.ns) {
-                if !pol.pod_selector.matches(&pod.labels) {
-                    continue;
-                }
-                let Some(pol_rules) = pol.rules(dir) else {
-                    continue;
-                };
-                isolated = true;
-                for (ri, rule) in pol_rules.iter().enumerate() {
-                    let at = RuleAt {
-                        pol,
-                        dir,
-                        index: ri,
-                    };
-                    self.rule_boxes(at, rule, pod, &mut acc, warnings, cache);
-                }
-            }
-            if !isolated {
+            let pols: Vec<&PolicyInfo> = selecting
+                .iter()
+                .copied()
+                .filter(|p| p.rules(dir).is_some())
+                .collect();
+            if pols.is_empty() {
                 continue;
             }
-            let elems = acc.finish();
+            let key: RulesKey<'a> = (
+                dir,
+                pols.iter().map(|p| &p.key).collect(),
+                pod.ports.clone(),
+            );
+            let elems = match cache.rules.get(&key) {
+                Some(r) => r.clone(),
+                None => {
+                    let mut acc = Acc::default();
+                    let before = warnings.len();
+                    for pol in &pols {
+                        for (ri, rule) in pol.rules(dir).into_iter().flatten().enumerate() {
+                            let at = RuleAt {
+                                pol,
+                                dir,
+                                index: ri,
+                            };
+                            self.rule_boxes(at, rule, pod, &mut acc, warnings, cache);
+                        }
+                    }
+                    let elems = acc.finish();
+                    // Warnings name the pod: such results are not shared.
+                    if warnings.len() == before {
+                        cache.rules.insert(key, elems.clone());
+                    }
+                    elems
+                }
+            };
             match dir {
                 Direction::Ingress => rules.ingress = Some(elems),
                 Direction::Egress => rules.egress = Some(elems),

@@ -52,7 +52,7 @@ impl fmt::Display for ObjKey {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NamedPort {
     pub name: String,
     pub proto: u8,

@@ -43,6 +43,7 @@
 use std::net::Ipv4Addr;
 
 use kinc_nft::nl::consts::*;
+use kinc_nft::nl::with_socket;
 use kinc_nft::nl::{
     concat_type, reg, BaseChain, Chain, ChainType, CmpOp, CtKey, Elem, Expr, Family, Hook, MetaKey,
     Msg, PayloadBase, Rule, Set, Socket, Table, Verdict,
@@ -555,8 +556,13 @@ impl NftEnforcer {
 
     /// Creates (or repairs) the policy objects; keeps programmed elements.
     pub fn ensure(&self) -> Result<(), NftError> {
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
-        sock.commit(&self.objects(), None).map_err(|e| self.err(e))
+        self.commit(&self.objects(), None)
+    }
+
+    /// One transaction on this thread's cached socket: closing a socket after deletes
+    /// waits for an RCU grace period (5-25 ms), which would dominate a small change.
+    fn commit(&self, msgs: &[Msg], genid: Option<u32>) -> Result<(), NftError> {
+        with_socket(|s: &mut Socket| s.commit(msgs, genid)).map_err(|e| self.err(e))
     }
 }
 
@@ -564,30 +570,22 @@ impl Enforcer for NftEnforcer {
     type Error = NftError;
 
     fn apply(&mut self, diff: &Diff) -> Result<(), NftError> {
-        let msgs = self.diff_msgs(diff);
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
-        sock.commit(&msgs, None).map_err(|e| self.err(e))
+        self.commit(&self.diff_msgs(diff), None)
     }
 
     fn replace_all(&mut self, model: &Compiled) -> Result<(), NftError> {
-        let mut sock = Socket::open().map_err(|e| self.err(e))?;
         // Class chains and sets of an earlier run: found by name, dropped in the same
         // transaction that rebuilds everything (guarded: if the ruleset moves between
         // this read and the commit, the kernel refuses the batch).
-        let genid = sock.genid().map_err(|e| self.err(e))?;
-        let (chains, sets) = if sock
-            .table_exists(Family::Ip, &self.table)
-            .map_err(|e| self.err(e))?
-        {
-            (
-                sock.list_chains(Family::Ip, &self.table)
-                    .map_err(|e| self.err(e))?,
-                sock.list_sets(Family::Ip, &self.table)
-                    .map_err(|e| self.err(e))?,
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        let (genid, chains, sets) = with_socket(|s: &mut Socket| {
+            let genid = s.genid()?;
+            if !s.table_exists(Family::Ip, &self.table)? {
+                return Ok((genid, Vec::new(), Vec::new()));
+            }
+            let chains = s.list_chains(Family::Ip, &self.table)?;
+            Ok::<_, kinc_nft::nl::Error>((genid, chains, s.list_sets(Family::Ip, &self.table)?))
+        })
+        .map_err(|e| self.err(e))?;
         let mut msgs = self.objects();
         for dir in [Direction::Ingress, Direction::Egress] {
             for role in Role::ALL {
@@ -602,6 +600,6 @@ impl Enforcer for NftEnforcer {
         }
         let all = crate::compiled::diff(&Compiled::default(), model);
         msgs.extend(self.diff_msgs(&all));
-        sock.commit(&msgs, Some(genid)).map_err(|e| self.err(e))
+        self.commit(&msgs, Some(genid))
     }
 }

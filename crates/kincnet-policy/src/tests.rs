@@ -476,3 +476,70 @@ fn events_before_every_kind_is_listed_program_nothing() {
     assert_eq!(c.status().policies, 1);
     assert!(c.status().last_sync.is_some());
 }
+
+#[test]
+fn pods_with_the_same_ranges_share_one_class() {
+    let t = topo();
+    let mut c = controller(&t);
+    let x: Vec<Ipv4Addr> = ["x/a", "x/b", "x/c"].iter().map(|p| ip(&t, p)).collect();
+    // Every pod of x: one block with a hole, i.e. two range elements, in one class.
+    let d = apply(
+        &mut c,
+        np(
+            "block",
+            json!({ "podSelector": {},
+                    "ingress": [{ "from": [{ "ipBlock": { "cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"] } }] }] }),
+        ),
+    );
+    let m = &c.enforcer().model;
+    assert_eq!(m.in_classes.ranges.len(), 1);
+    let shared = *m.in_classes.ranges.keys().next().unwrap();
+    assert_eq!(d.ingress.class_new, vec![shared]);
+    assert_eq!(d.ingress.range_add.len(), 2, "the ranges once, not per pod");
+    assert_eq!(
+        d.ingress.bind,
+        x.iter().map(|ip| (*ip, shared)).collect::<Vec<_>>()
+    );
+    assert_eq!(m.element_count(), 2);
+
+    // x/a gets a range more: its own class; x/b and x/c keep theirs.
+    let d = apply(
+        &mut c,
+        np(
+            "more",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                    "ingress": [{ "from": [{ "ipBlock": { "cidr": "172.16.0.0/12" } }] }] }),
+        ),
+    );
+    let m = &c.enforcer().model;
+    assert_eq!(m.in_classes.ranges.len(), 2);
+    let own = m.ingress[&x[0]].class.unwrap();
+    assert_ne!(own, shared);
+    assert_eq!(d.ingress.class_new, vec![own]);
+    assert_eq!(d.ingress.range_add.len(), 3);
+    assert_eq!(d.ingress.unbind, vec![(x[0], shared)]);
+    assert_eq!(d.ingress.bind, vec![(x[0], own)]);
+    assert!(d.ingress.class_gone.is_empty() && d.ingress.range_remove.is_empty());
+
+    // Undone: x/a rejoins, and its class goes with its elements.
+    let d = c
+        .handle(Event::Policy(watcher::Event::Delete(np("more", json!({})))))
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.ingress.class_gone, vec![own]);
+    assert_eq!(d.ingress.range_remove.len(), 3);
+    assert_eq!(d.ingress.bind, vec![(x[0], shared)]);
+    assert_eq!(c.enforcer().model.in_classes.ranges.len(), 1);
+    assert_eq!(c.enforcer().model, full_compile(&c));
+
+    // The last pod leaving a class drops it.
+    let d = c
+        .handle(Event::Policy(watcher::Event::Delete(np(
+            "block",
+            json!({}),
+        ))))
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.ingress.class_gone, vec![shared]);
+    assert_eq!(c.enforcer().model, Compiled::default());
+}
