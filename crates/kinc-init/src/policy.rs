@@ -19,7 +19,7 @@ use kube_client::config::{
 
 /// Where kinc-init writes the controller's kubeconfig (mode 0600); the image's
 /// `kincnet-policy.path` unit starts `kincnet-policy.service` once it exists.
-pub const POLICY_KUBECONFIG: &str = "/etc/kinc/kincnet-policy.kubeconfig";
+pub const POLICY_KUBECONFIG: &str = kinc_types::node::POLICY_KUBECONFIG;
 /// The ServiceAccount, its token Secret and their namespace, as the manifest names them.
 pub const NAMESPACE: &str = "kube-system";
 pub const SERVICE_ACCOUNT: &str = "kincnet-policy";

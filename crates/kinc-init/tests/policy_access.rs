@@ -218,4 +218,6 @@ fn the_image_units_start_the_controller_with_this_kubeconfig() {
     assert_eq!(after("--kubeconfig"), policy::POLICY_KUBECONFIG);
     // kincnet's own table, where the policy chains must go.
     assert_eq!(after("--table"), kincnet::firewall::TABLE);
+    // kincnet-policy's default table is the shared constant, and that is kincnet's.
+    assert_eq!(kinc_types::node::KINCNET_TABLE, kincnet::firewall::TABLE);
 }

@@ -15,6 +15,12 @@ pub const KINCNET_CONFLIST: &str = "/etc/cni/net.d/10-kincnet.conflist";
 /// Name of the CNI network, and of the bridge kincnet creates in the node.
 pub const KINCNET_NETWORK: &str = "kinc";
 pub const KINCNET_BRIDGE: &str = "kinc0";
+/// kincnet's nf_tables table (family ip): kincnet's NAT and hostPort chains and
+/// kincnet-policy's policy chains and sets live in it.
+pub const KINCNET_TABLE: &str = "kincnet";
+/// The kubeconfig (ServiceAccount token, mode 0600) `kinc-init` writes for kincnet-policy,
+/// and whose appearance starts `kincnet-policy.service`.
+pub const POLICY_KUBECONFIG: &str = "/etc/kinc/kincnet-policy.kubeconfig";
 
 /// crun-wrapper's config file and the real crun it runs.
 pub const CRUN_WRAPPER_BIN: &str = "/usr/local/bin/crun-wrapper";

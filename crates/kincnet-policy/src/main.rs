@@ -23,7 +23,7 @@ struct Cli {
     #[arg(long, env = "KINCNET_POLICY_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// kincnet's nf_tables table (family ip); the policy chains and sets are added to it.
-    #[arg(long, default_value = "kincnet")]
+    #[arg(long, default_value = kinc_types::node::KINCNET_TABLE)]
     table: String,
     /// Status file, rewritten after every change and read by `--status`.
     #[arg(long, default_value = "/run/kincnet-policy/status.json")]
