@@ -556,13 +556,13 @@ impl NftEnforcer {
 
     /// Creates (or repairs) the policy objects; keeps programmed elements.
     pub fn ensure(&self) -> Result<(), NftError> {
-        self.commit(&self.objects(), None)
+        self.commit(&self.objects())
     }
 
     /// One transaction on this thread's cached socket: closing a socket after deletes
     /// waits for an RCU grace period (5-25 ms), which would dominate a small change.
-    fn commit(&self, msgs: &[Msg], genid: Option<u32>) -> Result<(), NftError> {
-        with_socket(|s: &mut Socket| s.commit(msgs, genid)).map_err(|e| self.err(e))
+    fn commit(&self, msgs: &[Msg]) -> Result<(), NftError> {
+        with_socket(|s: &mut Socket| s.commit(msgs, None)).map_err(|e| self.err(e))
     }
 }
 
@@ -570,20 +570,20 @@ impl Enforcer for NftEnforcer {
     type Error = NftError;
 
     fn apply(&mut self, diff: &Diff) -> Result<(), NftError> {
-        self.commit(&self.diff_msgs(diff), None)
+        self.commit(&self.diff_msgs(diff))
     }
 
     fn replace_all(&mut self, model: &Compiled) -> Result<(), NftError> {
         // Class chains and sets of an earlier run: found by name, dropped in the same
-        // transaction that rebuilds everything (guarded: if the ruleset moves between
-        // this read and the commit, the kernel refuses the batch).
-        let (genid, chains, sets) = with_socket(|s: &mut Socket| {
-            let genid = s.genid()?;
+        // transaction that rebuilds everything. No generation guard: only this
+        // controller creates them, and other tables' churn (kube-proxy) must not make
+        // the rewrite fail over and over.
+        let (chains, sets) = with_socket(|s: &mut Socket| {
             if !s.table_exists(Family::Ip, &self.table)? {
-                return Ok((genid, Vec::new(), Vec::new()));
+                return Ok((Vec::new(), Vec::new()));
             }
             let chains = s.list_chains(Family::Ip, &self.table)?;
-            Ok::<_, kinc_nft::nl::Error>((genid, chains, s.list_sets(Family::Ip, &self.table)?))
+            Ok::<_, kinc_nft::nl::Error>((chains, s.list_sets(Family::Ip, &self.table)?))
         })
         .map_err(|e| self.err(e))?;
         let mut msgs = self.objects();
@@ -600,6 +600,6 @@ impl Enforcer for NftEnforcer {
         }
         let all = crate::compiled::diff(&Compiled::default(), model);
         msgs.extend(self.diff_msgs(&all));
-        self.commit(&msgs, Some(genid))
+        self.commit(&msgs)
     }
 }

@@ -266,4 +266,41 @@ fn conformance_scenarios_reachability_matrix_on_a_real_bridge() {
     let mut enf = NftEnforcer::new(TABLE);
     enf.replace_all(ctl.reconciler().programmed()).unwrap();
     enf.replace_all(ctl.reconciler().programmed()).unwrap();
+
+    // A restart with range classes programmed: the rewrite finds the earlier run's class
+    // chains and sets by name and replaces them, in one transaction.
+    let block = testkit::policy(serde_json::json!({
+        "metadata": { "namespace": "x", "name": "blocks" },
+        "spec": { "podSelector": {},
+                  "ingress": [{ "from": [{ "ipBlock": { "cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"] } }] }],
+                  "egress": [{ "ports": [{ "port": 53, "protocol": "UDP" }] }] }
+    }));
+    ctl.handle(Event::Policy(watcher::Event::Apply(block.clone())))
+        .unwrap();
+    let model = ctl.reconciler().programmed().clone();
+    let classes = model.in_classes.ranges.len() + model.eg_classes.ranges.len();
+    assert_eq!(classes, 2, "one class per direction");
+    let count = || {
+        let t = run("nft", &["list", "table", "ip", TABLE]);
+        t.matches("chain policy-in-r").count() + t.matches("chain policy-eg-r").count()
+    };
+    assert_eq!(count(), classes);
+    let mut fresh = NftEnforcer::new(TABLE);
+    fresh.replace_all(&model).unwrap();
+    fresh.replace_all(&model).unwrap();
+    assert_eq!(count(), classes);
+    fresh
+        .replace_all(&kincnet_policy::Compiled::default())
+        .unwrap();
+    assert_eq!(count(), 0);
+    let t = run("nft", &["list", "table", "ip", TABLE]);
+    assert!(
+        !t.contains("policy_in_r") && !t.contains("policy_eg_r"),
+        "{t}"
+    );
+    fresh.replace_all(&model).unwrap();
+    assert_eq!(count(), classes);
+    ctl.handle(Event::Policy(watcher::Event::Delete(block)))
+        .unwrap();
+    assert_eq!(count(), 0);
 }
