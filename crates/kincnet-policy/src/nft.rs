@@ -121,6 +121,10 @@ fn is_class_object(name: &str) -> bool {
         })
 }
 
+/// Sets of the first layout (one interval set per direction, O(size) updates): a
+/// full rewrite after an upgrade deletes them, once the chains no longer use them.
+const LEGACY_SETS: [&str; 2] = ["policy_in_allow", "policy_eg_allow"];
+
 /// Elements per netlink message; all messages still form one transaction.
 const CHUNK: usize = 512;
 
@@ -595,7 +599,8 @@ impl Enforcer for NftEnforcer {
         for (c, _) in chains.into_iter().filter(|(c, _)| is_class_object(c)) {
             self.class_del_msgs(&mut msgs, Some(c), None);
         }
-        for s in sets.into_iter().filter(|s| is_class_object(s)) {
+        let stale = |s: &String| is_class_object(s) || LEGACY_SETS.contains(&s.as_str());
+        for s in sets.into_iter().filter(stale) {
             self.class_del_msgs(&mut msgs, None, Some(s));
         }
         let all = crate::compiled::diff(&Compiled::default(), model);

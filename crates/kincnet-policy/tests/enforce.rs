@@ -263,8 +263,22 @@ fn conformance_scenarios_reachability_matrix_on_a_real_bridge() {
     let table = run("nft", &["list", "table", "ip", TABLE]);
     assert!(table.contains(&format!("chain {CHAIN_FORWARD}")), "{table}");
     assert!(table.contains("chain postrouting"), "{table}");
+    // An upgrade from the first layout: its interval allow set goes in the rewrite.
+    run(
+        "nft",
+        &[
+            "add",
+            "set",
+            "ip",
+            TABLE,
+            "policy_in_allow",
+            "{ type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval; }",
+        ],
+    );
     let mut enf = NftEnforcer::new(TABLE);
     enf.replace_all(ctl.reconciler().programmed()).unwrap();
+    let t = run("nft", &["list", "table", "ip", TABLE]);
+    assert!(!t.contains("policy_in_allow"), "legacy set kept:\n{t}");
     enf.replace_all(ctl.reconciler().programmed()).unwrap();
 
     // A restart with range classes programmed: the rewrite finds the earlier run's class
