@@ -176,25 +176,8 @@ pub fn to_yaml(kc: &Kubeconfig) -> String {
 mod tests {
     use super::*;
 
-    const ADMIN: &str = "apiVersion: v1
-kind: Config
-clusters:
-- cluster:
-    certificate-authority-data: Q0EK
-    server: https://127.0.0.1:6443
-  name: kubernetes
-contexts:
-- context:
-    cluster: kubernetes
-    user: kubernetes-admin
-  name: kubernetes-admin@kubernetes
-current-context: kubernetes-admin@kubernetes
-users:
-- name: kubernetes-admin
-  user:
-    client-certificate-data: Q0VSVAo=
-    client-key-data: S0VZCg==
-";
+    /// The test fixture: CA "CA" (Q0E=), client certificate "CERT".
+    const ADMIN: &str = include_str!("../tests/fixtures/admin.conf");
 
     fn secret(token: Option<&str>) -> String {
         let mut s = serde_json::json!({
@@ -250,14 +233,14 @@ users:
         assert_eq!(back.current_context.as_deref(), Some(KUBECONFIG_NAME));
         let c = back.clusters[0].cluster.as_ref().unwrap();
         assert_eq!(c.server.as_deref(), Some("https://127.0.0.1:6443"));
-        assert_eq!(c.certificate_authority_data.as_deref(), Some("Q0EK"));
+        assert_eq!(c.certificate_authority_data.as_deref(), Some("Q0E="));
         assert_eq!(back.auth_infos.len(), 1);
         let u = back.auth_infos[0].auth_info.as_ref().unwrap();
         use secrecy::ExposeSecret;
         assert_eq!(u.token.as_ref().unwrap().expose_secret(), "tok");
         // The admin's client certificate never leaks into the controller's file.
         assert!(u.client_certificate_data.is_none() && u.client_key_data.is_none());
-        assert!(!yaml.contains("Q0VSVAo="), "{yaml}");
+        assert!(!yaml.contains("Q0VSVA=="), "{yaml}");
         let ctx = back.contexts[0].context.as_ref().unwrap();
         assert_eq!(
             (ctx.cluster.as_str(), ctx.user.as_deref()),

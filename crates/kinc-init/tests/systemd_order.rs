@@ -228,25 +228,7 @@ fn overlay(dir: &Path) {
 }
 
 /// kubeadm's admin.conf, shaped as kubeadm writes it (no single quotes: printed by sh).
-const ADMIN_CONF: &str = "apiVersion: v1
-kind: Config
-clusters:
-- cluster:
-    certificate-authority-data: Q0E=
-    server: https://127.0.0.1:6443
-  name: kubernetes
-contexts:
-- context:
-    cluster: kubernetes
-    user: kubernetes-admin
-  name: kubernetes-admin@kubernetes
-current-context: kubernetes-admin@kubernetes
-users:
-- name: kubernetes-admin
-  user:
-    client-certificate-data: Q0VSVA==
-    client-key-data: S0VZ
-";
+const ADMIN_CONF: &str = include_str!("fixtures/admin.conf");
 
 /// `kubectl get secret kincnet-policy-token -o json`, token "it-token".
 const TOKEN_SECRET: &str = r#"{"apiVersion":"v1","kind":"Secret","type":"kubernetes.io/service-account-token","metadata":{"name":"kincnet-policy-token","namespace":"kube-system","annotations":{"kubernetes.io/service-account.name":"kincnet-policy"}},"data":{"token":"aXQtdG9rZW4="}}"#;

@@ -89,25 +89,7 @@ pub fn fail(code: i32, stderr: &str) -> Output {
 }
 
 /// An admin.conf shaped like kubeadm's (CA "CA", client certificate "CERT").
-pub const ADMIN_CONF: &str = "apiVersion: v1
-kind: Config
-clusters:
-- cluster:
-    certificate-authority-data: Q0E=
-    server: https://127.0.0.1:6443
-  name: kubernetes
-contexts:
-- context:
-    cluster: kubernetes
-    user: kubernetes-admin
-  name: kubernetes-admin@kubernetes
-current-context: kubernetes-admin@kubernetes
-users:
-- name: kubernetes-admin
-  user:
-    client-certificate-data: Q0VSVA==
-    client-key-data: S0VZ
-";
+pub const ADMIN_CONF: &str = include_str!("../fixtures/admin.conf");
 
 /// The token kube-controller-manager put in the kincnet-policy Secret ("sa-token").
 pub const SA_TOKEN: &str = "sa-token";
