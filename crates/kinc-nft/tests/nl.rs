@@ -48,7 +48,7 @@ fn rule(chain: &str, exprs: Vec<Expr>) -> Rule {
 #[test]
 fn failed_transaction_names_the_message_and_applies_nothing() {
     kinc_testutil::require_root_and!("ip");
-    let ns = Netns::new("nl");
+    let ns = Netns::new("knft-nl");
     ns.run(|| {
         let mut s = Socket::open().unwrap();
         let msgs = vec![
@@ -70,7 +70,7 @@ fn failed_transaction_names_the_message_and_applies_nothing() {
 #[test]
 fn stale_generation_is_refused_as_transient() {
     kinc_testutil::require_root_and!("ip");
-    let ns = Netns::new("nl");
+    let ns = Netns::new("knft-nl");
     ns.run(|| {
         let mut s = Socket::open().unwrap();
         let g = s.genid().unwrap();
@@ -90,7 +90,7 @@ fn stale_generation_is_refused_as_transient() {
 #[test]
 fn every_expression_round_trips_through_the_kernel() {
     kinc_testutil::require_root_and!("ip");
-    let ns = Netns::new("nl");
+    let ns = Netns::new("knft-nl");
     ns.run(|| {
         let mut s = Socket::open().unwrap();
         let set = Set {
@@ -246,7 +246,7 @@ fn every_expression_round_trips_through_the_kernel() {
 #[test]
 fn verdict_maps_and_interval_sets_work_in_the_kernel() {
     kinc_testutil::require_root_and!("ip");
-    let ns = Netns::new("nl");
+    let ns = Netns::new("knft-nl");
     ns.run(|| {
         let mut s = Socket::open().unwrap();
         // map vm { type ipv4_addr : verdict }
@@ -368,7 +368,7 @@ fn verdict_maps_and_interval_sets_work_in_the_kernel() {
 #[test]
 fn one_transaction_of_200k_elements_fits_the_socket() {
     kinc_testutil::require_root_and!("ip");
-    let ns = Netns::new("nl");
+    let ns = Netns::new("knft-nl");
     ns.run(|| {
         let mut s = Socket::open().unwrap();
         // set big { type ipv4_addr . ipv4_addr } (hash)

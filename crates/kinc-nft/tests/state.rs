@@ -64,7 +64,7 @@ fn objects(json: &Value, kind: &str) -> Vec<Value> {
 #[test]
 fn ensure_is_idempotent_and_repairs() {
     kinc_testutil::require_root_and!("ip", "nft");
-    let node = Netns::new("node");
+    let node = Netns::new("knft-node");
     let f = fw("br0");
     node.run(move || f.ensure()).unwrap();
     let first = rules(&node);
@@ -109,7 +109,7 @@ fn ensure_is_idempotent_and_repairs() {
 #[test]
 fn parallel_ensures_install_one_copy() {
     kinc_testutil::require_root_and!("ip", "nft");
-    let node = Netns::new("node");
+    let node = Netns::new("knft-node");
     let threads: Vec<_> = (0..6)
         .map(|_| {
             let path = format!("/run/netns/{}", node.name);
@@ -133,7 +133,7 @@ fn parallel_ensures_install_one_copy() {
 #[test]
 fn nft_sees_the_table_we_meant() {
     kinc_testutil::require_root_and!("ip", "nft");
-    let node = Netns::new("node");
+    let node = Netns::new("knft-node");
     let f = fw("br0");
     node.run(move || {
         f.ensure()?;
@@ -207,7 +207,7 @@ fn nft_sees_the_table_we_meant() {
 #[test]
 fn elements_follow_pods() {
     kinc_testutil::require_root_and!("ip", "nft");
-    let node = Netns::new("node");
+    let node = Netns::new("knft-node");
     let r = node.run(|| -> Result<(), String> {
         let f = fw("br0");
         // Before ensure: nothing to list or remove, and that is not an error.
@@ -262,7 +262,7 @@ fn elements_follow_pods() {
 #[test]
 fn networks_share_the_table_and_nothing_else_is_touched() {
     kinc_testutil::require_root_and!("ip", "nft");
-    let node = Netns::new("node");
+    let node = Netns::new("knft-node");
     // Someone else's table, and someone else's rule in our table.
     node.exec("nft", &["add", "table", "ip", "other"]);
     node.exec(
@@ -364,7 +364,7 @@ fn networks_share_the_table_and_nothing_else_is_touched() {
 #[test]
 fn one_thread_switching_namespaces_acts_in_each() {
     kinc_testutil::require_root_and!("ip", "nft");
-    let (n1, n2) = (Netns::new("node"), Netns::new("node"));
+    let (n1, n2) = (Netns::new("knft-node"), Netns::new("knft-node"));
     let paths = [
         format!("/run/netns/{}", n1.name),
         format!("/run/netns/{}", n2.name),

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod netns;
+
 /// True when running on CI (`CI` set to anything but empty, `0` or `false`).
 pub fn on_ci() -> bool {
     match std::env::var("CI") {

@@ -86,7 +86,7 @@ fn main() {
         return;
     }
     let pid = std::process::id() % 100_000;
-    let node = Netns::new(format!("kpolb{pid}-node"));
+    let node = Netns::named(format!("kpolb{pid}-node"));
     let br = format!("kpbb{pid}");
     node.ip(&["link", "add", &br, "type", "bridge"]);
     node.ip(&["addr", "add", "10.214.0.1/24", "dev", &br]);
@@ -98,7 +98,7 @@ fn main() {
     let (cip, sip) = (Ipv4Addr::new(10, 214, 0, 10), Ipv4Addr::new(10, 214, 0, 11));
     let mut pods = Vec::new();
     for (i, ip) in [cip, sip].iter().enumerate() {
-        let ns = Netns::new(format!("kpolb{pid}-p{i}"));
+        let ns = Netns::named(format!("kpolb{pid}-p{i}"));
         let host = format!("kpvb{pid}h{i}");
         node.ip(&[
             "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,

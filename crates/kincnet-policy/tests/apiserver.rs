@@ -16,7 +16,6 @@ mod fake;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,6 +24,7 @@ use std::time::{Duration, Instant};
 use fake::{FakeApi, Kind};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
+use kinc_testutil::netns::Netns;
 use kincnet_policy::nft::{set_name, Role, SET_EG_ISOLATED, SET_IN_ISOLATED};
 use kincnet_policy::runner::{api_access, API_VERBS};
 use kincnet_policy::Direction;
@@ -147,38 +147,10 @@ xjpZRBz/gu4tSpv8TusgBsumIpxcaAfSoGedLQ==
 -----END CERTIFICATE-----
 ";
 
-/// The test's network namespace; deleting it also deletes the controller's table.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        kinc_testutil::run("ip", &["netns", "add", &name]);
-        let ns = Netns(name);
-        kinc_testutil::run("ip", &["-n", &ns.0, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// A listener on 127.0.0.1 inside the namespace: bound from a thread that entered it
-    /// (a socket stays in the namespace it was made in; the thread then ends).
-    fn listen(&self) -> TcpListener {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let f = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: setns on a valid namespace fd; only this short-lived thread moves.
-            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            TcpListener::bind("127.0.0.1:0").expect("bind in netns")
-        })
-        .join()
-        .expect("listener thread")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
+/// A listener on 127.0.0.1 inside `ns`, bound from a thread that entered it (a socket
+/// stays in the namespace it was made in).
+fn listen(ns: &Netns) -> TcpListener {
+    ns.run(|| TcpListener::bind("127.0.0.1:0").expect("bind in netns"))
 }
 
 /// The controller process, killed on drop (also when an assertion fails).
@@ -291,7 +263,7 @@ fn spawn_controller(
     let status_file = dir.join("status.json");
     let log = dir.join("controller.log");
     let child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, &bin(), "--kubeconfig"])
+        .args(["netns", "exec", &ns.name, &bin(), "--kubeconfig"])
         .arg(&kc_path)
         .args(["--table", table, "--resync", "1h", "--status-file"])
         .arg(&status_file)
@@ -309,8 +281,8 @@ fn a_wrong_token_is_refused_and_nothing_is_programmed() {
     kinc_testutil::require_root_and!("ip", "nft");
     let pid = std::process::id();
     let table = format!("kpolapt{pid}");
-    let ns = Netns::new(format!("kpolapt{pid}"));
-    let listener = ns.listen();
+    let ns = Netns::named(format!("kpolapt{pid}"));
+    let listener = listen(&ns);
     let addr = listener.local_addr().unwrap();
     let api = FakeApi::start(listener, "the-right-token", role_rules());
     api.edit(|e| {
@@ -339,7 +311,7 @@ fn a_wrong_token_is_refused_and_nothing_is_programmed() {
     // Still running, never synced, nothing isolated; no request got past authentication.
     let s = status(&status_file).expect("status file");
     assert!(!s.synced && s.isolated_ingress == 0, "{s:#?}");
-    assert!(addresses(&ns.0, &table, SET_IN_ISOLATED).is_empty());
+    assert!(addresses(&ns.name, &table, SET_IN_ISOLATED).is_empty());
     assert!(api.requests().iter().all(|r| r.status == 401));
     drop(ctl);
 }
@@ -349,9 +321,9 @@ fn controller_lists_watches_and_relists_against_an_http_api_server() {
     kinc_testutil::require_root_and!("ip", "nft");
     let pid = std::process::id();
     let table = format!("kpolapi{pid}");
-    let ns = Netns::new(format!("kpolapi{pid}"));
+    let ns = Netns::named(format!("kpolapi{pid}"));
     let token = format!("kpolapi-token-{pid}");
-    let listener = ns.listen();
+    let listener = listen(&ns);
     let addr = listener.local_addr().unwrap();
     let api = FakeApi::start(listener, &token, role_rules());
 
@@ -395,8 +367,8 @@ fn controller_lists_watches_and_relists_against_an_http_api_server() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let in_isolated = || addresses(&ns.0, &table, SET_IN_ISOLATED);
-    let eg_isolated = || addresses(&ns.0, &table, SET_EG_ISOLATED);
+    let in_isolated = || addresses(&ns.name, &table, SET_IN_ISOLATED);
+    let eg_isolated = || addresses(&ns.name, &table, SET_EG_ISOLATED);
     let lists = |res: &str| api.count("list", res, 200);
     let resources = ["pods", "namespaces", "networkpolicies"];
 
@@ -409,7 +381,7 @@ fn controller_lists_watches_and_relists_against_an_http_api_server() {
     // Exact allows land in one of the three hash sets, by how many ports they cover.
     let allow: Vec<Value> = [Role::Peer, Role::Proto, Role::Port]
         .into_iter()
-        .flat_map(|r| elements(&ns.0, &table, &set_name(Direction::Ingress, r)))
+        .flat_map(|r| elements(&ns.name, &table, &set_name(Direction::Ingress, r)))
         .collect();
     assert!(
         !allow.is_empty() && allow.iter().all(|e| e.to_string().contains("10.99.0.3")),

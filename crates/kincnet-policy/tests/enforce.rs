@@ -35,7 +35,7 @@ struct Lab {
 
 fn lab() -> Lab {
     let pid = std::process::id() % 100_000;
-    let node = Netns::new(format!("kpol{pid}-node"));
+    let node = Netns::named(format!("kpol{pid}-node"));
     let bridge = format!("kpb{pid}");
     node.ip(&["link", "add", &bridge, "type", "bridge"]);
     node.ip(&["addr", "add", "10.213.0.1/24", "dev", &bridge]);
@@ -50,7 +50,7 @@ fn lab() -> Lab {
     let mut pods = Vec::new();
     let mut servers = Vec::new();
     for (i, p) in topo.pods.iter().enumerate() {
-        let ns = Netns::new(format!("kpol{pid}-{}{}", p.ns, p.name));
+        let ns = Netns::named(format!("kpol{pid}-{}{}", p.ns, p.name));
         let host = format!("kpv{pid}h{i}");
         node.ip(&[
             "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,

@@ -53,7 +53,7 @@ fn pod_to_pod_across_the_bridge() {
         .node
         .ip(&["-4", "addr", "show", "kinc0"])
         .contains("10.213.0.1/24"));
-    let fwd = run_ok(&mut t.node.exec("cat", &["/proc/sys/net/ipv4/ip_forward"]));
+    let fwd = run_ok(&mut t.node.command("cat", &["/proc/sys/net/ipv4/ip_forward"]));
     assert_eq!(fwd.trim(), "1");
 
     echo_peer_server(&p2.path(), addr(Ipv4Addr::UNSPECIFIED, 8080));
@@ -295,7 +295,7 @@ fn del_is_idempotent(with_ports: bool) {
     }
     assert_eq!(t.host_veths(), Vec::<String>::new(), "veths left");
     assert_eq!(t.allocated_ips(), Vec::<String>::new(), "allocations left");
-    let rules = run_ok(&mut t.node.exec("nft", &["list", "ruleset"]));
+    let rules = run_ok(&mut t.node.command("nft", &["list", "ruleset"]));
     for ip in &ips {
         assert!(
             !rules.contains(ip.as_str()),

@@ -1,15 +1,10 @@
 //! Test topology: network namespaces created with `ip`, removed on drop (also on panic).
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 pub use kinc_testutil::run;
 
@@ -17,65 +12,18 @@ pub fn ip(args: &[&str]) {
     run("ip", args);
 }
 
-/// A named network namespace (`/run/netns/<name>`), deleted on drop.
-pub struct Netns {
-    pub name: String,
+pub use kinc_testutil::netns::Netns;
+
+/// `nft -j <args>` inside a namespace, parsed.
+pub trait NftJson {
+    fn nft_json(&self, args: &[&str]) -> serde_json::Value;
 }
 
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("knft{}-{tag}{n}", std::process::id());
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip -n <ns> <args>`
-    pub fn ip(&self, args: &[&str]) {
-        let mut v = vec!["-n", &self.name];
-        v.extend_from_slice(args);
-        ip(&v);
-    }
-
-    /// `ip netns exec <ns> <prog> <args>`
-    pub fn exec(&self, prog: &str, args: &[&str]) -> String {
-        let mut v = vec!["netns", "exec", &self.name, prog];
-        v.extend_from_slice(args);
-        run("ip", &v)
-    }
-
-    pub fn sysctl(&self, key: &str, val: &str) {
-        self.exec("sysctl", &["-q", "-w", &format!("{key}={val}")]);
-    }
-
-    /// Runs `f` on a thread that joined this namespace; sockets made there stay in it.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let file = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
-        std::thread::spawn(move || {
-            // SAFETY: setns on this thread only, with a valid netns fd.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("thread in netns panicked")
-    }
-
-    /// `nft -j list table ip <table>` inside this namespace, parsed.
-    pub fn nft_json(&self, args: &[&str]) -> serde_json::Value {
+impl NftJson for Netns {
+    fn nft_json(&self, args: &[&str]) -> serde_json::Value {
         let mut v = vec!["-j"];
         v.extend_from_slice(args);
         serde_json::from_str(&self.exec("nft", &v)).expect("nft -j output is JSON")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
@@ -93,13 +41,13 @@ pub const SUBNET: &str = "10.99.0.0/24";
 
 impl Topo {
     pub fn new(npods: usize) -> Topo {
-        let node = Netns::new("node");
+        let node = Netns::new("knft-node");
         node.sysctl("net.ipv4.ip_forward", "1");
         node.sysctl("net.ipv4.conf.all.route_localnet", "1");
         node.ip(&["link", "add", "br0", "type", "bridge"]);
         node.ip(&["addr", "add", "10.99.0.1/24", "dev", "br0"]);
         node.ip(&["link", "set", "br0", "up"]);
-        let outside = Netns::new("out");
+        let outside = Netns::new("knft-out");
         node.ip(&[
             "link",
             "add",
@@ -118,7 +66,7 @@ impl Topo {
         outside.ip(&["link", "set", "eth0", "up"]);
         let mut pods = Vec::new();
         for i in 0..npods {
-            let pod = Netns::new("pod");
+            let pod = Netns::new("knft-pod");
             let addr = Ipv4Addr::new(10, 99, 0, 2 + i as u8);
             let host = format!("vp{i}");
             node.ip(&[

@@ -5,8 +5,6 @@
 use std::fs::File;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,50 +14,7 @@ use kincnet_policy::model::PROTO_TCP;
 
 pub use kinc_testutil::run;
 
-/// A named network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(name: String) -> Netns {
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn ip(&self, args: &[&str]) {
-        let mut v = vec!["-n", &self.name];
-        v.extend_from_slice(args);
-        run("ip", &v);
-    }
-
-    pub fn exec(&self, prog: &str, args: &[&str]) -> String {
-        let mut v = vec!["netns", "exec", &self.name, prog];
-        v.extend_from_slice(args);
-        run("ip", &v)
-    }
-
-    pub fn file(&self) -> File {
-        File::open(format!("/run/netns/{}", self.name)).expect("open netns")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Moves the calling thread into the namespace behind `f`.
-pub fn enter(f: &File) {
-    // SAFETY: setns on the calling thread only, with a valid netns fd.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-}
+pub use kinc_testutil::netns::{enter, Netns};
 
 /// TCP and UDP servers in one namespace: TCP accepts and closes, UDP echoes.
 pub struct Servers {

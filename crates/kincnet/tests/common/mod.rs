@@ -8,9 +8,8 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -19,13 +18,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_kincnet");
 pub const NODE_OUT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 213, 1);
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 213, 2);
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A name unique to this test process and call: parallel tests never collide.
-pub fn unique(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{}x{n}", std::process::id())
-}
+pub use kinc_testutil::netns::{in_netns, unique, Netns};
 
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -35,58 +28,6 @@ pub fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A named network namespace (`ip netns add`), deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(prefix: &str) -> Netns {
-        let name = unique(prefix);
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        Netns { name }
-    }
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-    /// `ip -n <ns> ...`
-    pub fn ip(&self, args: &[&str]) -> String {
-        run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args))
-    }
-    pub fn exec(&self, prog: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, prog]).args(args);
-        c
-    }
-    /// Runs `f` on a thread that joined this netns.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        in_netns(&self.path(), f)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
-    let ns = File::open(path).expect("open netns");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns affects only this scoped thread, which ends after f.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
 }
 
 /// A TCP server in a netns that answers every connection with the peer's address.
@@ -222,7 +163,7 @@ impl Topo {
 
     /// The node's nftables ruleset as text.
     pub fn ruleset(&self) -> String {
-        run_ok(&mut self.node.exec("nft", &["list", "ruleset"]))
+        run_ok(&mut self.node.command("nft", &["list", "ruleset"]))
     }
 }
 
