@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::agent::{self, Job, StepResult};
 use super::build::{cache_root, Built};
+use super::cmd::copy_stripped;
 use super::config::CTL_TAG;
 use super::qemu::{self, Ended, Qemu, Share, VmSpec};
 
@@ -59,6 +60,18 @@ pub struct RunOutcome {
     pub boot_seconds: Option<f64>,
     pub total_seconds: f64,
     pub why: Option<String>,
+    /// The guest's own failure lines (`check X: FAILED: ...`, the agent's messages), to
+    /// repeat under the summary: the first thing to read when a CI run fails.
+    pub failure_lines: Vec<String>,
+}
+
+/// Lines of the guest's stderr that say what failed.
+pub fn failure_lines(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| l.contains(": FAILED: ") || l.starts_with("hostvm agent: "))
+        .map(|l| l.chars().take(2000).collect())
+        .collect()
 }
 
 /// A per-run directory under the cache; removed on drop unless kept.
@@ -130,14 +143,16 @@ pub fn run_job(built: &Built, job: &Job, opts: &RunOptions) -> Result<RunOutcome
     fs::write(run.path.join("owner.pid"), std::process::id().to_string())?;
     // The agent is this very binary: the guest runs the same code the host was built from.
     // /proc/self/exe still reads when cargo has replaced the file since we started.
-    fs::copy("/proc/self/exe", ctl.join("agent"))
-        .context("copying the agent (/proc/self/exe) into the control share")?;
+    // (By pid: strip would read its own /proc/self/exe.)
+    let me = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
+    copy_stripped(&me, &ctl.join("agent"))
+        .context("copying the agent (/proc/PID/exe) into the control share")?;
     for (name, src) in &opts.extra_files {
         let dest = ctl.join(name);
         if let Some(d) = dest.parent() {
             fs::create_dir_all(d)?;
         }
-        fs::copy(src, &dest).with_context(|| format!("copying {}", src.display()))?;
+        copy_stripped(src, &dest)?;
     }
     let mut job = job.clone();
     let mut shares = vec![Share {
@@ -201,8 +216,16 @@ pub fn run_job(built: &Built, job: &Job, opts: &RunOptions) -> Result<RunOutcome
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let serial = fs::read_to_string(&spec.status_serial).unwrap_or_default();
+    let failure_lines = failure_lines(&fs::read_to_string(&err_path).unwrap_or_default());
     let (exit_code, why) = match ended {
-        Ended::TimedOut => (TIMED_OUT, Some("timed out".to_string())),
+        Ended::TimedOut => (
+            TIMED_OUT,
+            Some(format!(
+                "the VM timed out after {} s; last console lines:\n{}",
+                opts.timeout.map_or(0, |t| t.as_secs()),
+                tail(&spec.console_log, 25)
+            )),
+        ),
         Ended::Signalled(s) => (128 + s, Some(format!("interrupted by signal {s}"))),
         Ended::Exited(st) => match agent::parse_exit_line(&serial) {
             Some(c) => (c, None),
@@ -222,6 +245,7 @@ pub fn run_job(built: &Built, job: &Job, opts: &RunOptions) -> Result<RunOutcome
         boot_seconds,
         total_seconds: t0.elapsed().as_secs_f64(),
         why,
+        failure_lines,
     })
 }
 
