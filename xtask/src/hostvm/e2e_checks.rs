@@ -373,27 +373,33 @@ fn node_image() -> Result<()> {
     if ctx.exists() {
         std::fs::remove_dir_all(&ctx)?;
     }
-    std::fs::create_dir_all(ctx.join("bin"))?;
+    // One tree copied to / in one COPY: every COPY step is a layer commit, ~15 s each
+    // under emulation.
+    let root = ctx.join("root");
+    let at = |abs: &str| root.join(abs.trim_start_matches('/'));
+    let mkparent = |p: &Path| std::fs::create_dir_all(p.parent().expect("has a parent"));
+    mkparent(&at(NODE_XTASK))?;
     std::fs::copy(
         format!("{}/agent", super::config::CTL_MOUNT),
-        ctx.join("xtask"),
+        at(NODE_XTASK),
     )
     .context("copying the agent")?;
     let mut carried = Vec::new();
+    std::fs::create_dir_all(at("/usr/local/bin"))?;
     for b in super::e2e::NODE_BINARIES {
         let src = guest_bin(b.bin);
         if Path::new(&src).is_file() {
-            std::fs::copy(&src, ctx.join("bin").join(b.bin))?;
+            std::fs::copy(&src, at("/usr/local/bin").join(b.bin))?;
             carried.push(b.bin);
         }
     }
     println!("  real binaries carried: {carried:?}");
-    carry_e2e_tools(&ctx.join("e2e"))?;
+    carry_e2e_tools(&root)?;
     // The units again, from this binary: fixing them needs no image rebuild.
-    std::fs::create_dir_all(ctx.join("units"))?;
+    std::fs::create_dir_all(at("/etc/systemd/system"))?;
     for f in super::config::node_files() {
         if let Some(unit) = f.path.strip_prefix("etc/systemd/system/") {
-            std::fs::write(ctx.join("units").join(unit), &f.content)?;
+            std::fs::write(at("/etc/systemd/system").join(unit), &f.content)?;
         }
     }
     std::fs::write(ctx.join("Containerfile"), node_containerfile())?;
@@ -453,13 +459,7 @@ pub fn node_containerfile() -> String {
     format!(
         "FROM {STANDIN_BASE}\n\
          LABEL io.kinc.standin=true\n\
-         COPY xtask {NODE_XTASK}\n\
-         COPY units/ /etc/systemd/system/\n\
-         COPY bin/ /usr/local/bin/\n\
-         COPY e2e/busybox {BUSYBOX}\n\
-         COPY e2e/crun {REAL_CRUN}\n\
-         COPY e2e/nft /usr/sbin/nft\n\
-         COPY e2e/lib/ {E2E_LIB_DIR}/\n"
+         COPY root/ /\n"
     )
 }
 
@@ -471,15 +471,18 @@ const E2E_LIB_DIR: &str = "/usr/lib/x86_64-linux-gnu";
 /// The host VM's crun, nft (with the libraries the stand-in lacks) and busybox-static,
 /// for the checks inside the node: the real node image has crun; nft and busybox are
 /// the tests' tools (inspect the firewall, a pod's rootfs).
-fn carry_e2e_tools(dir: &Path) -> Result<()> {
-    let lib = dir.join("lib");
+fn carry_e2e_tools(root: &Path) -> Result<()> {
+    let at = |abs: &str| root.join(abs.trim_start_matches('/'));
+    let lib = at(E2E_LIB_DIR);
     std::fs::create_dir_all(&lib)?;
-    for (src, name) in [
-        ("/usr/bin/crun", "crun"),
-        ("/usr/sbin/nft", "nft"),
-        ("/bin/busybox", "busybox"),
+    for (src, dest) in [
+        ("/usr/bin/crun", REAL_CRUN),
+        ("/usr/sbin/nft", "/usr/sbin/nft"),
+        ("/bin/busybox", BUSYBOX),
     ] {
-        std::fs::copy(src, dir.join(name)).with_context(|| format!("copying {src}"))?;
+        let dest = at(dest);
+        std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
+        std::fs::copy(src, &dest).with_context(|| format!("copying {src}"))?;
         // ldd fails on a static binary: then there is nothing to carry.
         let Some(list) = quiet(&["ldd", src]) else {
             continue;
@@ -803,7 +806,7 @@ mod tests {
         let c = node_containerfile();
         assert!(c.starts_with(&format!("FROM {STANDIN_BASE}\n")));
         assert!(!c.contains("RUN"), "the layer must build without a runtime");
-        assert!(c.contains("COPY e2e/crun /usr/bin/crun\n"));
+        assert!(c.ends_with("COPY root/ /\n"));
         assert_eq!(
             ldd_paths("\tlinux-vdso.so.1 (0x7ffc)\n\tlibyajl.so.2 => /lib/x86_64-linux-gnu/libyajl.so.2 (0x7f)\n\t/lib64/ld-linux-x86-64.so.2 (0x7f)\n"),
             ["/lib/x86_64-linux-gnu/libyajl.so.2", "/lib64/ld-linux-x86-64.so.2"]

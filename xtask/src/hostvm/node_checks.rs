@@ -342,11 +342,13 @@ fn crun_wrapper() -> Result<()> {
         "the pod cgroup's memory.max is {:?}, the spec asked 67108864",
         lines[5]
     );
-    ensure!(
-        r.stderr.contains("oomScoreAdj"),
-        "crun-wrapper logged no change of process.oomScoreAdj: {}",
-        r.stderr
-    );
+    for field in ["process.oomScoreAdj", "process.rlimits", "apparmorProfile"] {
+        ensure!(
+            r.stderr.contains(field),
+            "crun-wrapper logged no change of {field}: {}",
+            r.stderr
+        );
+    }
     // What it rewrote: never the user, only what the caller cannot grant.
     let written: Value = serde_json::from_slice(&fs::read(wrapped.join("config.json"))?)?;
     ensure!(
