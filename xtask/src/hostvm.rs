@@ -10,6 +10,7 @@ mod e2e_checks;
 mod e2e_kinc;
 mod kernel;
 mod node;
+mod node_checks;
 mod qemu;
 #[cfg(test)]
 mod testdir;
@@ -28,7 +29,7 @@ use clap::{Parser, Subcommand};
     long_about = "A Debian trixie test host under qemu: systemd as PID 1, a pure cgroup v2 \
 hierarchy, rootless Podman 5 with Quadlet, a test user (`kinc`, uid 1000) with subuid/subgid \
 ranges and lingering. Built from Debian packages only (debootstrap) and cached under \
-$KINC_HOSTVM_CACHE (default target/hostvm), keyed by the hash of its recipe.\n\n\
+$KINC_HOSTVM_CACHE (default /var/cache/kinc-hostvm as root, else target/hostvm), keyed by the hash of its recipe.\n\n\
 Examples:\n  \
 sudo cargo xtask hostvm build\n  \
 sudo cargo xtask hostvm run -- systemctl is-system-running\n  \
@@ -78,6 +79,9 @@ enum Cmd {
     /// Inside the guest: one end-to-end check.
     #[command(hide = true)]
     GuestCheck { name: String },
+    /// Inside the node container: one check run as its (user-namespaced) root.
+    #[command(hide = true)]
+    NodeCheck { name: String },
     /// Inside the node stand-in: write the bootstrap status file.
     #[command(hide = true)]
     FakeBootstrap,
@@ -106,6 +110,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
                     cwd: None,
                     reboot_after: false,
                     keep_going: false,
+                    timeout_secs: None,
                 }],
                 shares: Vec::new(),
             };
@@ -134,6 +139,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
         Cmd::E2e(a) => e2e::run(a),
         Cmd::GuestAgent { ctl } => agent::guest_main(&ctl),
         Cmd::GuestCheck { name } => e2e::guest_check(&name),
+        Cmd::NodeCheck { name } => node_checks::node_check(&name),
         Cmd::FakeBootstrap => node::fake_bootstrap(),
     }
 }

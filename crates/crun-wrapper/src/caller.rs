@@ -219,9 +219,15 @@ pub struct Lsm {
 
 impl Lsm {
     pub fn from_kernel() -> Lsm {
+        // AppArmor counts as on only where its securityfs is visible, as runc's and
+        // CRI-O's `apparmor.IsEnabled` decide: in a rootless node container the module is
+        // enabled on the host, but no profile can be loaded or seen from there, and crun
+        // fails on the spec's profile (`write file /proc/thread-self/attr/apparmor/exec:
+        // No such file or directory`, measured in the hostvm e2e suite).
         let apparmor = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
             .map(|s| s.trim() == "Y")
-            .unwrap_or(false);
+            .unwrap_or(false)
+            && std::path::Path::new("/sys/kernel/security/apparmor").exists();
         let selinux = std::path::Path::new("/sys/fs/selinux/enforce").exists();
         Lsm { apparmor, selinux }
     }

@@ -271,7 +271,7 @@ pub fn lsm_labels(spec: &mut Value, lsm: Lsm) -> Vec<Change> {
                 field: format!("{}.{key}", parent.trim_start_matches('/').replace('/', ".")),
                 from: old,
                 to: "(removed)".into(),
-                why: format!("{module} is not enabled in this kernel"),
+                why: format!("{module} is not enabled, or not usable from here"),
             });
         }
     };

@@ -5,6 +5,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Instant;
@@ -53,7 +54,13 @@ pub struct Step {
     /// Keep going with later steps when this one fails.
     #[serde(default)]
     pub keep_going: bool,
+    /// Kill the step's process group after this many seconds (exit 124).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
+
+/// A step's status when its timeout killed it, like timeout(1).
+pub const STEP_TIMED_OUT: i32 = 124;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -267,8 +274,33 @@ fn run_step(step: &Step, out: &File, err: &File) -> Result<i32> {
             .map(PathBuf::from)
             .unwrap_or(default_cwd),
     );
-    let st = cmd.status().with_context(|| format!("starting {prog}"))?;
-    Ok(exit_code(st))
+    // Its own process group, so a timeout kills everything it started in the foreground.
+    cmd.process_group(0);
+    let mut child = cmd.spawn().with_context(|| format!("starting {prog}"))?;
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(exit_code(st));
+        }
+        if step
+            .timeout_secs
+            .is_some_and(|s| t.elapsed().as_secs() >= s)
+        {
+            // SAFETY: kill(2) of the process group we created for the step.
+            unsafe {
+                libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+            }
+            let _ = child.wait();
+            let _ = writeln!(
+                &*err,
+                "hostvm agent: step {} timed out after {} s: killed",
+                step.name,
+                t.elapsed().as_secs()
+            );
+            return Ok(STEP_TIMED_OUT);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 #[cfg(test)]

@@ -46,12 +46,21 @@ pub struct Manifest {
     pub key_material: String,
 }
 
-/// `$KINC_HOSTVM_CACHE`, else `<target dir>/hostvm`.
+/// The machine-wide cache root (for root): outside any checkout, so a fresh clone on the
+/// same machine (CI) reuses the image instead of building it again.
+pub const SYSTEM_CACHE: &str = "/var/cache/kinc-hostvm";
+
+/// `$KINC_HOSTVM_CACHE`, else [`SYSTEM_CACHE`] for root, else `<target dir>/hostvm`.
 pub fn cache_root() -> PathBuf {
-    if let Some(p) = std::env::var_os("KINC_HOSTVM_CACHE") {
-        return PathBuf::from(p);
+    cache_root_for(std::env::var_os("KINC_HOSTVM_CACHE"), is_root())
+}
+
+pub fn cache_root_for(env: Option<std::ffi::OsString>, root: bool) -> PathBuf {
+    match env {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ if root => PathBuf::from(SYSTEM_CACHE),
+        _ => target_dir().join("hostvm"),
     }
-    target_dir().join("hostvm")
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -282,6 +291,7 @@ fn provision(work: &Path) -> Result<()> {
             cwd: None,
             reboot_after: false,
             keep_going: false,
+            timeout_secs: None,
         }],
         shares: Vec::new(),
     };
@@ -457,5 +467,24 @@ impl Lock {
             );
         }
         Ok(Self { _file: f })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_root_outside_the_checkout_for_root() {
+        assert_eq!(
+            cache_root_for(Some("/x/c".into()), true),
+            PathBuf::from("/x/c")
+        );
+        assert_eq!(cache_root_for(None, true), PathBuf::from(SYSTEM_CACHE));
+        assert_eq!(
+            cache_root_for(Some("".into()), true),
+            PathBuf::from(SYSTEM_CACHE)
+        );
+        assert!(cache_root_for(None, false).ends_with("target/hostvm"));
     }
 }

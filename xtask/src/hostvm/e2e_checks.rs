@@ -11,7 +11,8 @@ use anyhow::{bail, ensure, Context, Result};
 use super::config::{DELEGATE_DROPIN, DELEGATE_DROPIN_PATH, NODE_TARBALL, TEST_UID, TEST_USER};
 use super::e2e::guest_bin;
 use super::node::NODE_XTASK;
-use kinc_types::node::DEFAULT_NODE_IMAGE;
+use super::node_checks::BUSYBOX;
+use kinc_types::node::{DEFAULT_NODE_IMAGE, REAL_CRUN};
 
 const ALL_CONTROLLERS: &[&str] = &["cpuset", "cpu", "io", "memory", "pids"];
 const STANDIN_BASE: &str = "localhost/kinc/node-standin:base";
@@ -24,6 +25,7 @@ pub fn guest_check(name: &str) -> Result<()> {
         "boot" => boot(),
         "delegation-default" => delegation_default(),
         "delegation-dropin" => delegation_dropin(),
+        "host-prepare" => host_prepare(),
         "kinc-doctor-before" => kinc_doctor(false),
         "kinc-doctor-after" => kinc_doctor(true),
         "podman-rootless" => podman_rootless(),
@@ -34,6 +36,9 @@ pub fn guest_check(name: &str) -> Result<()> {
         "quadlet-start" => quadlet_start(),
         "quadlet-after-reboot" => quadlet_after_reboot(),
         "kinc-create" => super::e2e_kinc::create(),
+        "kinc-node-cgroup-setup" => super::e2e_kinc::node_cgroup_setup(),
+        "kinc-node-crun-wrapper" => super::e2e_kinc::in_node("crun-wrapper"),
+        "kinc-node-kincnet" => super::e2e_kinc::in_node("kincnet"),
         "kinc-after-reboot" => super::e2e_kinc::after_reboot(),
         "kincnet-version" => super::e2e_kinc::kincnet_version(),
         "kinc-delete" => super::e2e_kinc::delete(),
@@ -233,6 +238,36 @@ fn delegation_dropin() -> Result<()> {
     Ok(())
 }
 
+/// What `kinc doctor` tells a user to do besides the delegation drop-in, done the way
+/// its fixes say (modules, sysctls, the user slice's task limit), so that doctor can be
+/// required to be clean afterwards.
+fn host_prepare() -> Result<()> {
+    let modules = ["nf_tables", "nft_chain_nat", "nf_nat"];
+    let mut argv = vec!["modprobe", "-a"];
+    argv.extend(modules);
+    ok(&argv)?;
+    std::fs::write(
+        "/etc/modules-load.d/kinc.conf",
+        format!("{}\n", modules.join("\n")),
+    )?;
+    std::fs::write(
+        "/etc/sysctl.d/90-kinc.conf",
+        "net.ipv4.ip_forward = 1\n\
+         fs.inotify.max_user_instances = 512\n\
+         fs.inotify.max_user_watches = 524288\n\
+         kernel.keys.maxkeys = 20000\n\
+         kernel.keys.maxbytes = 400000\n",
+    )?;
+    ok(&["sysctl", "--system"])?;
+    ok(&[
+        "systemctl",
+        "set-property",
+        &format!("user-{TEST_UID}.slice"),
+        "TasksMax=infinity",
+    ])?;
+    Ok(())
+}
+
 fn kinc_doctor(after_dropin: bool) -> Result<()> {
     let kinc = guest_bin("kinc");
     let o = sh(&[&kinc, "doctor"])?;
@@ -246,6 +281,20 @@ fn kinc_doctor(after_dropin: bool) -> Result<()> {
         ensure!(
             !all.contains("delegate.conf"),
             "kinc doctor still asks for the delegation drop-in after it was applied"
+        );
+        let findings: serde_json::Value =
+            serde_json::from_str(&ok_data(&[&kinc, "doctor", "-o", "json"])?)
+                .context("parsing `kinc doctor -o json`")?;
+        let open: Vec<String> = findings
+            .as_array()
+            .context("kinc doctor -o json is not a list")?
+            .iter()
+            .filter(|f| f["level"] != "ok")
+            .map(|f| format!("{}: {}", f["check"], f["summary"]))
+            .collect();
+        ensure!(
+            open.is_empty(),
+            "kinc doctor is not clean on a host prepared as it says: {open:?}"
         );
     } else {
         for word in [
@@ -324,26 +373,33 @@ fn node_image() -> Result<()> {
     if ctx.exists() {
         std::fs::remove_dir_all(&ctx)?;
     }
-    std::fs::create_dir_all(ctx.join("bin"))?;
+    // One tree copied to / in one COPY: every COPY step is a layer commit, ~15 s each
+    // under emulation.
+    let root = ctx.join("root");
+    let at = |abs: &str| root.join(abs.trim_start_matches('/'));
+    let mkparent = |p: &Path| std::fs::create_dir_all(p.parent().expect("has a parent"));
+    mkparent(&at(NODE_XTASK))?;
     std::fs::copy(
         format!("{}/agent", super::config::CTL_MOUNT),
-        ctx.join("xtask"),
+        at(NODE_XTASK),
     )
     .context("copying the agent")?;
     let mut carried = Vec::new();
+    std::fs::create_dir_all(at("/usr/local/bin"))?;
     for b in super::e2e::NODE_BINARIES {
         let src = guest_bin(b.bin);
         if Path::new(&src).is_file() {
-            std::fs::copy(&src, ctx.join("bin").join(b.bin))?;
+            std::fs::copy(&src, at("/usr/local/bin").join(b.bin))?;
             carried.push(b.bin);
         }
     }
     println!("  real binaries carried: {carried:?}");
+    carry_e2e_tools(&root)?;
     // The units again, from this binary: fixing them needs no image rebuild.
-    std::fs::create_dir_all(ctx.join("units"))?;
+    std::fs::create_dir_all(at("/etc/systemd/system"))?;
     for f in super::config::node_files() {
         if let Some(unit) = f.path.strip_prefix("etc/systemd/system/") {
-            std::fs::write(ctx.join("units").join(unit), &f.content)?;
+            std::fs::write(at("/etc/systemd/system").join(unit), &f.content)?;
         }
     }
     std::fs::write(ctx.join("Containerfile"), node_containerfile())?;
@@ -403,10 +459,56 @@ pub fn node_containerfile() -> String {
     format!(
         "FROM {STANDIN_BASE}\n\
          LABEL io.kinc.standin=true\n\
-         COPY xtask {NODE_XTASK}\n\
-         COPY units/ /etc/systemd/system/\n\
-         COPY bin/ /usr/local/bin/\n"
+         COPY root/ /\n"
     )
+}
+
+/// Where the host VM's libraries for crun and nft go in the node: the Debian directory
+/// the stand-in's own libraries are in (both are trixie from the same mirror, so a
+/// library both have is the same file).
+const E2E_LIB_DIR: &str = "/usr/lib/x86_64-linux-gnu";
+
+/// The host VM's crun, nft (with the libraries the stand-in lacks) and busybox-static,
+/// for the checks inside the node: the real node image has crun; nft and busybox are
+/// the tests' tools (inspect the firewall, a pod's rootfs).
+fn carry_e2e_tools(root: &Path) -> Result<()> {
+    let at = |abs: &str| root.join(abs.trim_start_matches('/'));
+    let lib = at(E2E_LIB_DIR);
+    std::fs::create_dir_all(&lib)?;
+    for (src, dest) in [
+        ("/usr/bin/crun", REAL_CRUN),
+        ("/usr/sbin/nft", "/usr/sbin/nft"),
+        ("/bin/busybox", BUSYBOX),
+    ] {
+        let dest = at(dest);
+        std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
+        std::fs::copy(src, &dest).with_context(|| format!("copying {src}"))?;
+        // ldd fails on a static binary: then there is nothing to carry.
+        let Some(list) = quiet(&["ldd", src]) else {
+            continue;
+        };
+        for path in ldd_paths(&list) {
+            let file = Path::new(&path);
+            let Some(base) = file.file_name() else {
+                continue;
+            };
+            // The loader and libc are the stand-in's own.
+            let b = base.to_string_lossy();
+            if b.starts_with("ld-linux") || b.starts_with("libc.so") {
+                continue;
+            }
+            std::fs::copy(file, lib.join(base)).with_context(|| format!("copying {path}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Absolute library paths in `ldd` output.
+pub fn ldd_paths(ldd: &str) -> Vec<String> {
+    ldd.split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(str::to_string)
+        .collect()
 }
 
 /// A running container, removed on drop (also when a check fails halfway).
@@ -479,6 +581,54 @@ fn node_systemd() -> Result<()> {
     let name = "kinc-e2e-node";
     let port = 16443;
     let _c = run_node(name, port)?;
+    node_cgroup_namespace(name)?;
+    let st = node_status(name)?;
+    println!(
+        "  status: phase {:?}, steps {:?}",
+        st.phase,
+        st.steps
+            .iter()
+            .map(|s| (&s.name, s.state))
+            .collect::<Vec<_>>()
+    );
+    ensure!(st.is_ready(), "bootstrap status is not ready: {st:?}");
+    https_answers(port)?;
+    let listen = ok(&["ss", "-Hltn"])?;
+    ensure!(
+        listen.contains(&format!("127.0.0.1:{port} ")),
+        "nothing listens on 127.0.0.1:{port}"
+    );
+    ensure!(
+        !listen.contains(&format!("0.0.0.0:{port} ")) && !listen.contains(&format!("*:{port} ")),
+        "port {port} is bound beyond 127.0.0.1"
+    );
+    Ok(())
+}
+
+/// The fake API server answers HTTPS on `127.0.0.1:port`.
+pub(super) fn https_answers(port: u16) -> Result<()> {
+    let url = format!("https://127.0.0.1:{port}/");
+    let code = poll("HTTPS on the API port", Duration::from_secs(60), || {
+        let c = quiet(&[
+            "curl",
+            "-sk",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ])?;
+        (c == "200").then_some(c)
+    })?;
+    println!("  {url} -> HTTP {code}");
+    Ok(())
+}
+
+/// systemd is PID 1 of the node, in its own cgroup namespace with a rw cgroup2 holding
+/// every controller kinc needs.
+pub(super) fn node_cgroup_namespace(name: &str) -> Result<()> {
     ensure!(
         exec(name, &["cat", "/proc/1/comm"])? == "systemd",
         "PID 1 is not systemd"
@@ -500,47 +650,18 @@ fn node_systemd() -> Result<()> {
         have.is_superset(&set(ALL_CONTROLLERS)),
         "the node's cgroup namespace root lacks some of {ALL_CONTROLLERS:?}: {have:?}"
     );
-    let st = node_status(name)?;
-    println!(
-        "  status: phase {:?}, steps {:?}",
-        st.phase,
-        st.steps
-            .iter()
-            .map(|s| (&s.name, s.state))
-            .collect::<Vec<_>>()
-    );
-    ensure!(st.is_ready(), "bootstrap status is not ready: {st:?}");
-    let url = format!("https://127.0.0.1:{port}/");
-    let code = poll("HTTPS on the API port", Duration::from_secs(60), || {
-        let c = quiet(&[
-            "curl",
-            "-sk",
-            "--max-time",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &url,
-        ])?;
-        (c == "200").then_some(c)
-    })?;
-    println!("  {url} -> HTTP {code}");
-    let listen = ok(&["ss", "-Hltn"])?;
-    ensure!(
-        listen.contains(&format!("127.0.0.1:{port} ")),
-        "nothing listens on 127.0.0.1:{port}"
-    );
-    ensure!(
-        !listen.contains(&format!("0.0.0.0:{port} ")) && !listen.contains(&format!("*:{port} ")),
-        "port {port} is bound beyond 127.0.0.1"
-    );
     Ok(())
 }
 
 fn node_cgroup_setup() -> Result<()> {
     let name = "kinc-e2e-cgsetup";
     let _c = run_node(name, 16445)?;
+    cgroup_setup_done(name)
+}
+
+/// The bootstrap's cgroup-setup step is done and kubelet's cgroup root has every
+/// controller.
+pub(super) fn cgroup_setup_done(name: &str) -> Result<()> {
     let st = node_status(name)?;
     let step = st
         .step("cgroup-setup")
@@ -685,6 +806,11 @@ mod tests {
         let c = node_containerfile();
         assert!(c.starts_with(&format!("FROM {STANDIN_BASE}\n")));
         assert!(!c.contains("RUN"), "the layer must build without a runtime");
+        assert!(c.ends_with("COPY root/ /\n"));
+        assert_eq!(
+            ldd_paths("\tlinux-vdso.so.1 (0x7ffc)\n\tlibyajl.so.2 => /lib/x86_64-linux-gnu/libyajl.so.2 (0x7f)\n\t/lib64/ld-linux-x86-64.so.2 (0x7f)\n"),
+            ["/lib/x86_64-linux-gnu/libyajl.so.2", "/lib64/ld-linux-x86-64.so.2"]
+        );
         assert_eq!(
             controller_set("cpu  memory\npids\n"),
             set(&["cpu", "memory", "pids"])

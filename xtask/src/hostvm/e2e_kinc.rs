@@ -12,7 +12,7 @@ use kinc_types::{labels, ClusterName};
 
 use super::config::TEST_USER;
 use super::e2e::guest_bin;
-use super::e2e_checks::{exec, ok, poll, quiet, sh};
+use super::e2e_checks::{exec, ok, poll, quiet};
 
 pub const CLUSTER: &str = "e2e";
 const PARALLEL: &[&str] = &["par1", "par2", "par3"];
@@ -104,7 +104,18 @@ fn cluster_is_up(cluster: &str) -> Result<()> {
 
 pub fn create() -> Result<()> {
     ok(&[&kinc(), "create", "cluster", "--name", CLUSTER])?;
-    cluster_is_up(CLUSTER)
+    cluster_is_up(CLUSTER)?;
+    let node = container_of(CLUSTER)?;
+    super::e2e_checks::node_cgroup_namespace(&node)?;
+    let port: u16 = label(&node, labels::API_PORT)?
+        .parse()
+        .context("the API port label")?;
+    super::e2e_checks::https_answers(port)
+}
+
+/// cgroup-setup ran in the node kinc made (privileged, `--cgroupns=private`, Quadlet).
+pub fn node_cgroup_setup() -> Result<()> {
+    super::e2e_checks::cgroup_setup_done(&container_of(CLUSTER)?)
 }
 
 pub fn after_reboot() -> Result<()> {
@@ -203,10 +214,31 @@ pub fn parallel() -> Result<()> {
         }
         Ok(())
     })();
-    for n in PARALLEL {
-        let _ = sh(&[&kinc(), "delete", "cluster", "--name", n]);
+    // The deletes run at once too (each takes a minute under emulation).
+    let deletes: Vec<(&str, std::io::Result<Child>)> = PARALLEL
+        .iter()
+        .map(|n| {
+            println!("$ {} delete cluster --name {n} &", kinc());
+            let c = Command::new(kinc())
+                .args(["delete", "cluster", "--name", n])
+                .stdin(Stdio::null())
+                .spawn();
+            (*n, c)
+        })
+        .collect();
+    let mut delete_failures = Vec::new();
+    for (n, c) in deletes {
+        match c.and_then(|mut c| c.wait()) {
+            Ok(st) if st.success() => {}
+            Ok(st) => delete_failures.push(format!("{n}: {st}")),
+            Err(e) => delete_failures.push(format!("{n}: {e}")),
+        }
     }
     result?;
+    ensure!(
+        delete_failures.is_empty(),
+        "parallel deletes failed: {delete_failures:?}"
+    );
     for n in PARALLEL {
         assert_gone(n)?;
     }
@@ -231,6 +263,29 @@ pub fn interrupted() -> Result<()> {
     println!("  create interrupted (container seen: {seen}): {st}");
     ok(&[&kinc(), "delete", "cluster", "--name", INTERRUPTED])?;
     assert_gone(INTERRUPTED)
+}
+
+/// Runs `xtask hostvm node-check NAME` in the cluster's node, as its (user-namespaced)
+/// root, with its output in the log.
+pub fn in_node(name: &str) -> Result<()> {
+    let node = container_of(CLUSTER)?;
+    let argv = [
+        "podman",
+        "exec",
+        &node,
+        super::node::NODE_XTASK,
+        "hostvm",
+        "node-check",
+        name,
+    ];
+    println!("$ {}", argv.join(" "));
+    let st = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .status()
+        .context("starting podman exec")?;
+    ensure!(st.success(), "node-check {name} in {node}: {st}");
+    Ok(())
 }
 
 /// kincnet answers the CNI VERSION command inside the running node (its user namespace).

@@ -186,6 +186,8 @@ pub enum Ended {
     Exited(ExitStatus),
     TimedOut,
     Signalled(i32),
+    /// The caller's watchdog gave up on it.
+    Abandoned,
 }
 
 /// A running qemu. Dropping it kills qemu's whole process group and reaps it.
@@ -227,10 +229,18 @@ impl Qemu {
     }
 
     /// Waits for qemu to exit, calling `tick` every 100 ms (to stream output), until
-    /// `timeout` or a caught signal, in which case qemu is killed.
-    pub fn wait(&mut self, timeout: Option<Duration>, mut tick: impl FnMut()) -> Result<Ended> {
+    /// `timeout`, a caught signal, or `tick` returning true (a watchdog), in which case
+    /// qemu is killed.
+    pub fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        mut tick: impl FnMut() -> bool,
+    ) -> Result<Ended> {
         loop {
-            tick();
+            if tick() {
+                self.kill();
+                return Ok(Ended::Abandoned);
+            }
             let child = self.child.as_mut().expect("not yet reaped");
             if let Some(st) = child.try_wait()? {
                 self.child = None;
@@ -405,7 +415,10 @@ mod tests {
             .to_string();
         let mut ticks = 0;
         let ended = q
-            .wait(Some(Duration::from_millis(500)), || ticks += 1)
+            .wait(Some(Duration::from_millis(500)), || {
+                ticks += 1;
+                false
+            })
             .unwrap();
         assert_eq!(ended, Ended::TimedOut);
         assert!(ticks >= 1);
@@ -425,7 +438,7 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "exit 3"]);
         let mut q = Qemu::spawn_command(cmd, &dir.path().join("log")).unwrap();
-        match q.wait(Some(Duration::from_secs(30)), || {}).unwrap() {
+        match q.wait(Some(Duration::from_secs(30)), || false).unwrap() {
             Ended::Exited(st) => assert_eq!(st.code(), Some(3)),
             other => panic!("{other:?}"),
         }

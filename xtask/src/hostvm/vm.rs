@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::agent::{self, Job, StepResult};
 use super::build::{cache_root, Built};
+use super::cmd::copy_stripped;
 use super::config::CTL_TAG;
 use super::qemu::{self, Ended, Qemu, Share, VmSpec};
 
@@ -17,6 +18,10 @@ use super::qemu::{self, Ended, Qemu, Share, VmSpec};
 pub const NO_STATUS: i32 = 125;
 /// The run was cut off by `--timeout`, like timeout(1).
 pub const TIMED_OUT: i32 = 124;
+/// A boot whose agent has not started by then is given up (normal: 30-105 s under TCG).
+pub const BOOT_WATCHDOG: Duration = Duration::from_secs(420);
+/// Boots tried before a run counts as failed.
+pub const BOOT_ATTEMPTS: u32 = 3;
 
 pub struct RunOptions {
     pub timeout: Option<Duration>,
@@ -59,6 +64,18 @@ pub struct RunOutcome {
     pub boot_seconds: Option<f64>,
     pub total_seconds: f64,
     pub why: Option<String>,
+    /// The guest's own failure lines (`check X: FAILED: ...`, the agent's messages), to
+    /// repeat under the summary: the first thing to read when a CI run fails.
+    pub failure_lines: Vec<String>,
+}
+
+/// Lines of the guest's stderr that say what failed.
+pub fn failure_lines(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| l.contains(": FAILED: ") || l.starts_with("hostvm agent: "))
+        .map(|l| l.chars().take(2000).collect())
+        .collect()
 }
 
 /// A per-run directory under the cache; removed on drop unless kept.
@@ -130,14 +147,16 @@ pub fn run_job(built: &Built, job: &Job, opts: &RunOptions) -> Result<RunOutcome
     fs::write(run.path.join("owner.pid"), std::process::id().to_string())?;
     // The agent is this very binary: the guest runs the same code the host was built from.
     // /proc/self/exe still reads when cargo has replaced the file since we started.
-    fs::copy("/proc/self/exe", ctl.join("agent"))
-        .context("copying the agent (/proc/self/exe) into the control share")?;
+    // (By pid: strip would read its own /proc/self/exe.)
+    let me = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
+    copy_stripped(&me, &ctl.join("agent"))
+        .context("copying the agent (/proc/PID/exe) into the control share")?;
     for (name, src) in &opts.extra_files {
         let dest = ctl.join(name);
         if let Some(d) = dest.parent() {
             fs::create_dir_all(d)?;
         }
-        fs::copy(src, &dest).with_context(|| format!("copying {}", src.display()))?;
+        copy_stripped(src, &dest)?;
     }
     let mut job = job.clone();
     let mut shares = vec![Share {
@@ -176,22 +195,48 @@ pub fn run_job(built: &Built, job: &Job, opts: &RunOptions) -> Result<RunOutcome
     };
     qemu::install_signal_handlers();
     let t0 = Instant::now();
-    let mut vm = Qemu::spawn(qemu_bin, &spec, &run.path, &run.path.join("qemu.log"))?;
-    let (mut opos, mut epos) = (0u64, 0u64);
-    let mut boot_seconds = None;
-    let started = ctl.join(agent::STARTED_FILE);
     let (out_path, err_path) = (ctl.join(agent::STDOUT_FILE), ctl.join(agent::STDERR_FILE));
+    let started = ctl.join(agent::STARTED_FILE);
+    let (mut opos, mut epos) = (0u64, 0u64);
     let stream = opts.stream;
-    let ended = vm.wait(opts.timeout, || {
-        if boot_seconds.is_none() && started.exists() {
-            boot_seconds = Some(t0.elapsed().as_secs_f64());
+    let mut boot_seconds = None;
+    let mut attempt = 1;
+    let ended = loop {
+        let t_boot = Instant::now();
+        let mut vm = Qemu::spawn(qemu_bin, &spec, &run.path, &run.path.join("qemu.log"))?;
+        let ended = vm.wait(opts.timeout, || {
+            if boot_seconds.is_none() && started.exists() {
+                boot_seconds = Some(t0.elapsed().as_secs_f64());
+            }
+            if stream {
+                forward(&out_path, &mut opos, &mut std::io::stdout());
+                forward(&err_path, &mut epos, &mut std::io::stderr());
+            }
+            boot_seconds.is_none() && t_boot.elapsed() > BOOT_WATCHDOG
+        })?;
+        drop(vm);
+        // A guest that died or hung before the agent started ran nothing: boot again.
+        // (Seen: an early-boot kernel Oops under multi-threaded TCG, 1 boot in ~30.)
+        let died_early = boot_seconds.is_none()
+            && matches!(ended, Ended::Exited(_) | Ended::Abandoned)
+            && agent::parse_exit_line(&fs::read_to_string(&spec.status_serial).unwrap_or_default())
+                .is_none();
+        if died_early && attempt < BOOT_ATTEMPTS {
+            eprintln!(
+                "hostvm: the guest never started the agent (attempt {attempt}/{BOOT_ATTEMPTS}, \
+                 {:.0} s); booting again. Last console lines:\n{}",
+                t_boot.elapsed().as_secs_f64(),
+                tail(&spec.console_log, 15)
+            );
+            let _ = fs::rename(
+                &spec.console_log,
+                run.path.join(format!("console.{attempt}.log")),
+            );
+            attempt += 1;
+            continue;
         }
-        if stream {
-            forward(&out_path, &mut opos, &mut std::io::stdout());
-            forward(&err_path, &mut epos, &mut std::io::stderr());
-        }
-    })?;
-    drop(vm);
+        break ended;
+    };
     if stream {
         forward(&out_path, &mut opos, &mut std::io::stdout());
         forward(&err_path, &mut epos, &mut std::io::stderr());
@@ -201,9 +246,25 @@ pub fn run_job(built: &Built, job: &Job, opts: &RunOptions) -> Result<RunOutcome
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let serial = fs::read_to_string(&spec.status_serial).unwrap_or_default();
+    let failure_lines = failure_lines(&fs::read_to_string(&err_path).unwrap_or_default());
     let (exit_code, why) = match ended {
-        Ended::TimedOut => (TIMED_OUT, Some("timed out".to_string())),
+        Ended::TimedOut => (
+            TIMED_OUT,
+            Some(format!(
+                "the VM timed out after {} s; last console lines:\n{}",
+                opts.timeout.map_or(0, |t| t.as_secs()),
+                tail(&spec.console_log, 25)
+            )),
+        ),
         Ended::Signalled(s) => (128 + s, Some(format!("interrupted by signal {s}"))),
+        Ended::Abandoned => (
+            NO_STATUS,
+            Some(format!(
+                "the agent did not start within {} s of {BOOT_ATTEMPTS} boots; last console lines:\n{}",
+                BOOT_WATCHDOG.as_secs(),
+                tail(&spec.console_log, 25)
+            )),
+        ),
         Ended::Exited(st) => match agent::parse_exit_line(&serial) {
             Some(c) => (c, None),
             None => (
@@ -222,6 +283,7 @@ pub fn run_job(built: &Built, job: &Job, opts: &RunOptions) -> Result<RunOutcome
         boot_seconds,
         total_seconds: t0.elapsed().as_secs_f64(),
         why,
+        failure_lines,
     })
 }
 
