@@ -190,9 +190,11 @@ fn delegation(f: &HostFacts) -> Finding {
     if missing.is_empty() {
         ok(C, format!("delegated: {}", have.join(" ")))
     } else {
+        // A failure, not a warning: cgroup-setup in the node refuses to start without all
+        // five, so a create would only fail later, further from the cause.
         bad(
             C,
-            Level::Warn,
+            Level::Fail,
             format!("controllers not delegated: {}", missing.join(" ")),
             fix,
         )

@@ -101,6 +101,8 @@ fn every_finding_carries_its_fix() {
         }
     }
     assert!(find(&v, "cgroup-delegation").summary.contains("cpuset io"));
+    // Missing controllers stop a create: the node's cgroup-setup would refuse later.
+    assert_eq!(find(&v, "cgroup-delegation").level, Level::Fail);
     assert!(find(&v, "cgroup-delegation")
         .fix
         .as_ref()
@@ -129,8 +131,15 @@ fn every_finding_carries_its_fix() {
         .contains("kernel.keys.maxkeys"));
     let mut names: Vec<&str> = blocking(&v, &[]).iter().map(|f| f.check).collect();
     names.sort();
-    assert_eq!(names, vec!["cgroup-v2", "subuid"]);
-    let skipped = blocking(&v, &["cgroup-v2".into(), "subuid".into()]);
+    assert_eq!(names, vec!["cgroup-delegation", "cgroup-v2", "subuid"]);
+    let skipped = blocking(
+        &v,
+        &[
+            "cgroup-v2".into(),
+            "subuid".into(),
+            "cgroup-delegation".into(),
+        ],
+    );
     assert!(skipped.is_empty());
 }
 
