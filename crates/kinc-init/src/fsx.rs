@@ -2,31 +2,9 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// Copies the directory tree `from` into `to` (created), keeping file modes.
-/// Symlinks are recreated as symlinks.
-pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
-    fs::create_dir_all(to)?;
-    fs::set_permissions(to, fs::metadata(from)?.permissions())?;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let src = entry.path();
-        let dst = to.join(entry.file_name());
-        let ft = entry.file_type()?;
-        if ft.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
-        } else {
-            fs::copy(&src, &dst)?;
-            let mode = fs::metadata(&src)?.permissions().mode();
-            fs::set_permissions(&dst, fs::Permissions::from_mode(mode))?;
-        }
-    }
-    Ok(())
-}
+pub use kinc_types::fsutil::copy_tree;
 
 /// Replaces the tree at `to` with a copy of `from` so that `to` is always either the
 /// old complete copy or the new complete copy: copy beside it, then swap by rename.
@@ -56,6 +34,7 @@ pub fn replace_tree(from: &Path, to: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn copies_and_replaces_with_modes() {

@@ -55,6 +55,31 @@ fn temp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{file}.tmp.{}.{nanos}", std::process::id()))
 }
 
+/// Copies the directory tree `from` into `to` (created), keeping the modes of files
+/// (`fs::copy` keeps them) and of directories; symlinks are recreated as symlinks.
+pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let named = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+    fs::create_dir_all(to).map_err(|e| named(to, e))?;
+    let perms = fs::metadata(from)
+        .map_err(|e| named(from, e))?
+        .permissions();
+    fs::set_permissions(to, perms).map_err(|e| named(to, e))?;
+    for entry in fs::read_dir(from).map_err(|e| named(from, e))? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&src).map_err(|e| named(&src, e))?;
+            std::os::unix::fs::symlink(target, &dst).map_err(|e| named(&dst, e))?;
+        } else {
+            fs::copy(&src, &dst).map_err(|e| named(&dst, e))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +110,27 @@ mod tests {
         let p = d.path().join("missing-dir").join("f");
         assert!(write_atomic(&p, b"x", None).is_err());
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn copy_tree_keeps_modes_links_and_nesting() {
+        let d = tempfile::tempdir().unwrap();
+        let (from, to) = (d.path().join("a"), d.path().join("b/c"));
+        fs::create_dir_all(from.join("sub")).unwrap();
+        fs::write(from.join("sub/key"), "k").unwrap();
+        fs::set_permissions(from.join("sub/key"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(from.join("sub"), fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink("sub/key", from.join("link")).unwrap();
+        copy_tree(&from, &to).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(fs::read_to_string(to.join("sub/key")).unwrap(), "k");
+        assert_eq!(mode(&to.join("sub/key")), 0o600);
+        assert_eq!(mode(&to.join("sub")), 0o700);
+        assert_eq!(
+            fs::read_link(to.join("link")).unwrap(),
+            Path::new("sub/key")
+        );
+        let err = copy_tree(&d.path().join("missing"), &to).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
     }
 }

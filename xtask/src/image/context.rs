@@ -158,21 +158,6 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
-    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
-        let entry = entry?;
-        let src = entry.path();
-        let dst = to.join(entry.file_name());
-        let ft = entry.file_type()?;
-        if ft.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&src)?;
-            std::os::unix::fs::symlink(&target, &dst)
-                .with_context(|| format!("linking {}", dst.display()))?;
-        } else {
-            copy(&src, &dst)?;
-        }
-    }
-    Ok(())
+    kinc_types::fsutil::copy_tree(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))
 }
