@@ -49,7 +49,7 @@ fn calls(node: &FakeNode, runner: &RecordingRunner) -> Vec<String> {
 fn first_boot_runs_every_step_in_order() {
     let cfg = cluster("dev", 6444);
     let node = FakeNode::new(&cfg);
-    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    let runner = node.healthy();
     let status = boot(&node, &runner, &IpKnob::new(ip(5))).unwrap();
 
     assert_eq!(status.phase, Phase::Ready);
@@ -107,14 +107,9 @@ fn restart_with_var_kept_never_runs_kubeadm_init() {
     let cfg = cluster("dev", 6444);
     let node = FakeNode::new(&cfg);
     let knob = IpKnob::new(ip(5));
-    boot(
-        &node,
-        &healthy_runner(node.root().to_path_buf(), |_| None),
-        &knob,
-    )
-    .unwrap();
+    boot(&node, &node.healthy(), &knob).unwrap();
 
-    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    let runner = node.healthy();
     let status = boot(&node, &runner, &knob).unwrap();
     assert_eq!(status.phase, Phase::Ready);
     assert_eq!(status.boot, 2);
@@ -144,15 +139,10 @@ fn restart_with_a_new_ip_regenerates_what_names_the_ip() {
     let cfg = cluster("dev", 6444);
     let node = FakeNode::new(&cfg);
     let knob = IpKnob::new(ip(5));
-    boot(
-        &node,
-        &healthy_runner(node.root().to_path_buf(), |_| None),
-        &knob,
-    )
-    .unwrap();
+    boot(&node, &node.healthy(), &knob).unwrap();
 
     knob.set(ip(9));
-    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    let runner = node.healthy();
     let status = boot(&node, &runner, &knob).unwrap();
     assert_eq!(status.phase, Phase::Ready);
     let kubeadm: Vec<String> = calls(&node, &runner)
@@ -193,7 +183,7 @@ fn restart_with_a_new_ip_regenerates_what_names_the_ip() {
     );
 
     // Next boot at the same new IP: nothing to regenerate.
-    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    let runner = node.healthy();
     boot(&node, &runner, &knob).unwrap();
     assert!(calls(&node, &runner)
         .iter()
@@ -205,15 +195,10 @@ fn recreated_container_gets_etc_kubernetes_back_from_var() {
     let cfg = cluster("dev", 6444);
     let node = FakeNode::new(&cfg);
     let knob = IpKnob::new(ip(5));
-    boot(
-        &node,
-        &healthy_runner(node.root().to_path_buf(), |_| None),
-        &knob,
-    )
-    .unwrap();
+    boot(&node, &node.healthy(), &knob).unwrap();
     std::fs::remove_dir_all(node.paths.etc_kubernetes()).unwrap();
 
-    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    let runner = node.healthy();
     let status = boot(&node, &runner, &knob).unwrap();
     assert_eq!(status.phase, Phase::Ready);
     assert!(node.paths.admin_conf().exists());
@@ -234,20 +219,10 @@ fn initialised_var_without_any_kubernetes_config_fails_clearly() {
     let cfg = cluster("dev", 6444);
     let node = FakeNode::new(&cfg);
     let knob = IpKnob::new(ip(5));
-    boot(
-        &node,
-        &healthy_runner(node.root().to_path_buf(), |_| None),
-        &knob,
-    )
-    .unwrap();
+    boot(&node, &node.healthy(), &knob).unwrap();
     std::fs::remove_dir_all(node.paths.etc_kubernetes()).unwrap();
     std::fs::remove_dir_all(node.paths.etc_kubernetes_backup()).unwrap();
-    let err = boot(
-        &node,
-        &healthy_runner(node.root().to_path_buf(), |_| None),
-        &knob,
-    )
-    .unwrap_err();
+    let err = boot(&node, &node.healthy(), &knob).unwrap_err();
     assert!(
         matches!(err, InitError::LostKubernetesConfig { .. }),
         "{err}"
@@ -305,7 +280,7 @@ fn retry_after_a_half_done_init_resets_first() {
     let cfg = cluster("dev", 6444);
     let node = FakeNode::new(&cfg);
     fake_kubeadm_init(node.root()); // leftovers, but the state says not initialised
-    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    let runner = node.healthy();
     boot(&node, &runner, &IpKnob::new(ip(5))).unwrap();
     let c = calls(&node, &runner);
     assert_eq!(
@@ -319,7 +294,7 @@ fn retry_after_a_half_done_init_resets_first() {
 fn crio_that_never_answers_times_out_in_wait_crio() {
     let cfg = cluster("dev", 6444);
     let node = FakeNode::without_crio(&cfg);
-    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    let runner = node.healthy();
     let err = boot(&node, &runner, &IpKnob::new(ip(5)))
         .unwrap_err()
         .to_string();
@@ -378,22 +353,12 @@ fn taint_already_gone_is_fine_but_api_errors_are_retried_then_fail() {
 fn a_var_of_another_cluster_is_refused() {
     let node = FakeNode::new(&cluster("dev", 6444));
     let knob = IpKnob::new(ip(5));
-    boot(
-        &node,
-        &healthy_runner(node.root().to_path_buf(), |_| None),
-        &knob,
-    )
-    .unwrap();
+    boot(&node, &node.healthy(), &knob).unwrap();
     write(
         &node.paths.mounted_config(),
         &cluster("prod", 6445).to_json(),
     );
-    let err = boot(
-        &node,
-        &healthy_runner(node.root().to_path_buf(), |_| None),
-        &knob,
-    )
-    .unwrap_err();
+    let err = boot(&node, &node.healthy(), &knob).unwrap_err();
     assert!(matches!(err, InitError::WrongCluster { .. }), "{err}");
     assert_eq!(
         saved_status(&node).failed_step().unwrap().name,

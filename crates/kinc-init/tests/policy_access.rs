@@ -36,7 +36,7 @@ fn note(s: &BootstrapStatus) -> String {
 #[test]
 fn first_boot_writes_a_private_kubeconfig_with_the_token_and_the_admin_cluster() {
     let node = FakeNode::new(&cluster("dev", 6444));
-    let runner = healthy_runner(node.root().to_path_buf(), |_| None);
+    let runner = node.healthy();
     let s = boot(&node, &runner).unwrap();
     assert_eq!(s.phase, Phase::Ready);
     assert_eq!(
@@ -76,18 +76,18 @@ fn first_boot_writes_a_private_kubeconfig_with_the_token_and_the_admin_cluster()
 #[test]
 fn a_restart_leaves_it_unchanged_and_a_recreated_container_gets_it_back() {
     let node = FakeNode::new(&cluster("dev", 6444));
-    boot(&node, &healthy_runner(node.root().to_path_buf(), |_| None)).unwrap();
+    boot(&node, &node.healthy()).unwrap();
     let path = node.paths.policy_kubeconfig();
     let first = std::fs::read(&path).unwrap();
 
-    let s = boot(&node, &healthy_runner(node.root().to_path_buf(), |_| None)).unwrap();
+    let s = boot(&node, &node.healthy()).unwrap();
     assert_eq!(s.boot, 2);
     assert_eq!(note(&s), "/etc/kinc/kincnet-policy.kubeconfig unchanged");
 
     // A recreated container has a fresh /etc: the file comes back, the same.
     std::fs::remove_file(&path).unwrap();
     std::fs::remove_dir_all(node.paths.etc_kubernetes()).unwrap();
-    let s = boot(&node, &healthy_runner(node.root().to_path_buf(), |_| None)).unwrap();
+    let s = boot(&node, &node.healthy()).unwrap();
     assert_eq!(s.phase, Phase::Ready);
     assert!(note(&s).starts_with("wrote"), "{}", note(&s));
     assert_eq!(std::fs::read(&path).unwrap(), first);

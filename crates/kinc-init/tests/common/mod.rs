@@ -52,6 +52,11 @@ impl FakeNode {
         n
     }
 
+    /// A runner where every program succeeds as on a healthy node.
+    pub fn healthy(&self) -> RecordingRunner {
+        healthy_runner(self.root().to_path_buf(), |_| None)
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
