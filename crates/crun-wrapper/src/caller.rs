@@ -219,16 +219,21 @@ pub struct Lsm {
 
 impl Lsm {
     pub fn from_kernel() -> Lsm {
+        Lsm::under(std::path::Path::new("/"))
+    }
+
+    /// The same facts read below `root` (tests give a temp dir).
+    pub fn under(root: &std::path::Path) -> Lsm {
         // AppArmor counts as on only where its securityfs is visible, as runc's and
         // CRI-O's `apparmor.IsEnabled` decide: in a rootless node container the module is
         // enabled on the host, but no profile can be loaded or seen from there, and crun
         // fails on the spec's profile (`write file /proc/thread-self/attr/apparmor/exec:
         // No such file or directory`, measured in the hostvm e2e suite).
-        let apparmor = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        let apparmor = std::fs::read_to_string(root.join("sys/module/apparmor/parameters/enabled"))
             .map(|s| s.trim() == "Y")
             .unwrap_or(false)
-            && std::path::Path::new("/sys/kernel/security/apparmor").exists();
-        let selinux = std::path::Path::new("/sys/fs/selinux/enforce").exists();
+            && root.join("sys/kernel/security/apparmor").exists();
+        let selinux = root.join("sys/fs/selinux/enforce").exists();
         Lsm { apparmor, selinux }
     }
 }
@@ -268,5 +273,21 @@ mod tests {
                 .parse::<i32>()
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn apparmor_is_on_only_where_its_securityfs_is_visible() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        assert!(!Lsm::under(r).apparmor, "no module");
+        std::fs::create_dir_all(r.join("sys/module/apparmor/parameters")).unwrap();
+        std::fs::write(r.join("sys/module/apparmor/parameters/enabled"), "Y\n").unwrap();
+        // The rootless node: the host's module says Y, its securityfs is not there.
+        assert!(!Lsm::under(r).apparmor, "module on, securityfs hidden");
+        std::fs::create_dir_all(r.join("sys/kernel/security/apparmor")).unwrap();
+        assert!(Lsm::under(r).apparmor, "module on, securityfs visible");
+        std::fs::write(r.join("sys/module/apparmor/parameters/enabled"), "N\n").unwrap();
+        assert!(!Lsm::under(r).apparmor, "module off");
+        assert!(!Lsm::under(r).selinux);
     }
 }
