@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use kinc_types::{labels, ClusterName};
 
 use super::config::TEST_USER;
@@ -267,6 +267,11 @@ pub fn interrupted() -> Result<()> {
 
 /// Runs `xtask hostvm node-check NAME` in the cluster's node, as its (user-namespaced)
 /// root, with its output in the log.
+///
+/// Exit 125 is podman's own failure, not the check's (the check exits 0 or 1). When
+/// podman fails that way before the check has said anything, the exec is tried once
+/// more; either way podman's own `Error:` lines go into the failure message, so the
+/// summary under a CI run says what went wrong.
 pub fn in_node(name: &str) -> Result<()> {
     let node = container_of(CLUSTER)?;
     let argv = [
@@ -278,14 +283,119 @@ pub fn in_node(name: &str) -> Result<()> {
         "node-check",
         name,
     ];
-    println!("$ {}", argv.join(" "));
-    let st = Command::new(argv[0])
+    let mut first_error = None;
+    for attempt in 1..=2 {
+        println!("$ {}", argv.join(" "));
+        let ran = run_teed(&argv)?;
+        let verdict = node_check_verdict(name, &ran.stdout, &ran.stderr);
+        match (ran.code, verdict) {
+            // The check proved what it proves; podman failing to hand back the status
+            // afterwards is podman's bookkeeping, kept in the log.
+            (0 | 125, Some(true)) => {
+                if ran.code == 125 {
+                    println!(
+                        "  the check passed; podman exec then exited 125{}",
+                        podman_errors(&ran.stderr)
+                    );
+                }
+                if let Some(e) = &first_error {
+                    println!("  passed on attempt {attempt}; attempt 1: {e}");
+                }
+                return Ok(());
+            }
+            (125, None) if attempt == 1 => {
+                let e = format!("podman exec exit 125{}", podman_errors(&ran.stderr));
+                println!("  {e}: the check never ran; trying once more");
+                first_error = Some(e);
+            }
+            (code, v) => bail!(
+                "node-check {name} in {node}: exit {code}, the check said {}{}",
+                match v {
+                    Some(true) => "ok",
+                    Some(false) => "FAILED (its reason is above)",
+                    None => "nothing",
+                },
+                podman_errors(&ran.stderr)
+            ),
+        }
+    }
+    unreachable!("the second attempt returns or fails")
+}
+
+/// What the in-node check said of itself: `Some(true)` for its ok line, `Some(false)` for
+/// its FAILED line, `None` when it said neither (it never ran, or was killed).
+pub fn node_check_verdict(name: &str, stdout: &str, stderr: &str) -> Option<bool> {
+    if stderr
+        .lines()
+        .any(|l| l.starts_with(&format!("node-check {name}: FAILED")))
+    {
+        Some(false)
+    } else if stdout
+        .lines()
+        .any(|l| l.starts_with(&format!("node-check {name}: ok")))
+    {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// Podman's own error lines, as `: Error: ...; Error: ...` (empty when none).
+fn podman_errors(stderr: &str) -> String {
+    let errs: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("Error:") || l.starts_with("time=") && l.contains("error"))
+        .collect();
+    if errs.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", errs.join("; "))
+    }
+}
+
+struct Teed {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `argv` with its output both streamed into the log (as it comes) and kept.
+fn run_teed(argv: &[&str]) -> Result<Teed> {
+    use std::io::{BufRead, BufReader, Write};
+    fn tee<R: std::io::Read + Send + 'static>(
+        r: R,
+        to_stderr: bool,
+    ) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut kept = String::new();
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                if to_stderr {
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                } else {
+                    let _ = writeln!(std::io::stdout(), "{line}");
+                }
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+            kept
+        })
+    }
+    let mut child = Command::new(argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
-        .status()
-        .context("starting podman exec")?;
-    ensure!(st.success(), "node-check {name} in {node}: {st}");
-    Ok(())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", argv[0]))?;
+    let out = tee(child.stdout.take().context("stdout pipe")?, false);
+    let err = tee(child.stderr.take().context("stderr pipe")?, true);
+    let st = child.wait()?;
+    Ok(Teed {
+        code: super::agent::exit_code(st),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 /// kincnet answers the CNI VERSION command inside the running node (its user namespace).
@@ -321,6 +431,23 @@ mod tests {
         assert_eq!(parse_cidr("10.244.0.7/24"), Some((0x0af4_0000, 24)));
         assert_eq!(parse_cidr("10.0.0.0/33"), None);
         assert_eq!(parse_cidr("nope"), None);
+    }
+
+    #[test]
+    fn node_check_verdict_and_podman_errors() {
+        let ok = "  pod a 10.64.0.2\nnode-check kincnet: ok (6.7 s)\n";
+        assert_eq!(node_check_verdict("kincnet", ok, ""), Some(true));
+        let failed = "node-check kincnet: FAILED: kincnet ADD failed\n";
+        assert_eq!(node_check_verdict("kincnet", ok, failed), Some(false));
+        assert_eq!(node_check_verdict("crun-wrapper", ok, ""), None);
+        assert_eq!(node_check_verdict("kincnet", "", ""), None);
+        let err = "noise\nError: crun: executable file not found\n\
+                   time=\"x\" level=error msg=\"exec error\"\n";
+        assert_eq!(
+            podman_errors(err),
+            ": Error: crun: executable file not found; time=\"x\" level=error msg=\"exec error\""
+        );
+        assert_eq!(podman_errors("all fine\n"), "");
     }
 
     #[test]
