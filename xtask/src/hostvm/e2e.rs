@@ -261,6 +261,15 @@ pub const CHECKS: &[Check] = &[
             true,
         ),
     )),
+    after_reboot(needs(
+        &[KINC],
+        check(
+            "kinc-killed",
+            "a create killed (SIGKILL) halfway leaves units and a container; the next delete \
+             removes them all",
+            true,
+        ),
+    )),
 ];
 
 #[derive(Debug, clap::Args)]

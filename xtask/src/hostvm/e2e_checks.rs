@@ -44,6 +44,7 @@ pub fn guest_check(name: &str) -> Result<()> {
         "kinc-delete" => super::e2e_kinc::delete(),
         "kinc-parallel" => super::e2e_kinc::parallel(),
         "kinc-interrupted" => super::e2e_kinc::interrupted(),
+        "kinc-killed" => super::e2e_kinc::killed(),
         other => bail!("no end-to-end check named {other:?}"),
     };
     match &r {

@@ -12,11 +12,12 @@ use kinc_types::{labels, ClusterName};
 
 use super::config::TEST_USER;
 use super::e2e::guest_bin;
-use super::e2e_checks::{exec, ok, poll, quiet};
+use super::e2e_checks::{exec, ok, poll, quiet, sh};
 
 pub const CLUSTER: &str = "e2e";
 const PARALLEL: &[&str] = &["par1", "par2", "par3"];
 const INTERRUPTED: &str = "halfway";
+const KILLED: &str = "cut";
 
 fn kinc() -> String {
     guest_bin("kinc")
@@ -245,10 +246,21 @@ pub fn parallel() -> Result<()> {
     Ok(())
 }
 
-/// A create interrupted once its node container exists leaves nothing after `delete`.
+/// A create interrupted (SIGINT) once its node container exists leaves nothing after
+/// `delete`.
 pub fn interrupted() -> Result<()> {
-    let node = container_of(INTERRUPTED)?;
-    let mut child = spawn_create(INTERRUPTED)?;
+    cut_create(INTERRUPTED, libc::SIGINT)
+}
+
+/// A create killed (SIGKILL: no clean-up of its own) once its node container exists:
+/// what it left is there, and the next `delete` removes all of it, units included.
+pub fn killed() -> Result<()> {
+    cut_create(KILLED, libc::SIGKILL)
+}
+
+fn cut_create(cluster: &str, signal: libc::c_int) -> Result<()> {
+    let node = container_of(cluster)?;
+    let mut child = spawn_create(cluster)?;
     let seen = poll("node container created", Duration::from_secs(180), || {
         if quiet(&["podman", "container", "exists", &node]).is_some() {
             return Some(true);
@@ -257,12 +269,32 @@ pub fn interrupted() -> Result<()> {
     })?;
     // SAFETY: kill(2) of our own child.
     unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        libc::kill(child.id() as libc::pid_t, signal);
     }
     let st = child.wait()?;
-    println!("  create interrupted (container seen: {seen}): {st}");
-    ok(&[&kinc(), "delete", "cluster", "--name", INTERRUPTED])?;
-    assert_gone(INTERRUPTED)
+    println!("  create cut by signal {signal} (container seen: {seen}): {st}");
+    if signal == libc::SIGKILL {
+        ensure!(seen, "the create ended before its container existed");
+        let files = quadlet_files(cluster);
+        println!("  left behind: container {node}, Quadlet files {files:?}");
+        ensure!(
+            !files.is_empty(),
+            "a killed create left no Quadlet file: nothing for delete to prove"
+        );
+    }
+    let del = sh(&[&kinc(), "delete", "cluster", "--name", cluster])?;
+    ensure!(del.code == 0, "kinc delete exited {}: {}", del.code, del.stderr);
+    ensure!(
+        signal != libc::SIGKILL || !format!("{}{}", del.stdout, del.stderr).contains("nothing"),
+        "delete found nothing after a killed create"
+    );
+    assert_gone(cluster)?;
+    let listed = ok(&[&kinc(), "get", "clusters"])?;
+    ensure!(
+        !listed.lines().any(|l| l.split_whitespace().next() == Some(cluster)),
+        "`kinc get clusters` still lists {cluster}: {listed}"
+    );
+    Ok(())
 }
 
 /// Runs `xtask hostvm node-check NAME` in the cluster's node, as its (user-namespaced)
