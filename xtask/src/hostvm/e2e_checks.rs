@@ -563,10 +563,25 @@ fn quiet_any(argv: &[&str]) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// `podman exec NAME ARGV...` of a read-only command, failing unless it succeeds. Exit
+/// 125 is podman's own failure (a known, rare conmon flake), not the command's: that is
+/// tried once more, and the log shows both attempts.
 pub(super) fn exec(name: &str, argv: &[&str]) -> Result<String> {
     let mut v = vec!["podman", "exec", name];
     v.extend_from_slice(argv);
-    ok(&v)
+    let mut o = sh(&v)?;
+    if o.code == 125 {
+        println!("  podman itself failed (exit 125); trying once more");
+        o = sh(&v)?;
+    }
+    ensure!(
+        o.code == 0,
+        "`{}` exited {}: {}",
+        v.join(" "),
+        o.code,
+        o.stderr.trim()
+    );
+    Ok(o.stdout.trim().to_string())
 }
 
 fn node_status(name: &str) -> Result<kinc_types::BootstrapStatus> {

@@ -283,7 +283,12 @@ fn cut_create(cluster: &str, signal: libc::c_int) -> Result<()> {
         );
     }
     let del = sh(&[&kinc(), "delete", "cluster", "--name", cluster])?;
-    ensure!(del.code == 0, "kinc delete exited {}: {}", del.code, del.stderr);
+    ensure!(
+        del.code == 0,
+        "kinc delete exited {}: {}",
+        del.code,
+        del.stderr
+    );
     ensure!(
         signal != libc::SIGKILL || !format!("{}{}", del.stdout, del.stderr).contains("nothing"),
         "delete found nothing after a killed create"
@@ -291,7 +296,9 @@ fn cut_create(cluster: &str, signal: libc::c_int) -> Result<()> {
     assert_gone(cluster)?;
     let listed = ok(&[&kinc(), "get", "clusters"])?;
     ensure!(
-        !listed.lines().any(|l| l.split_whitespace().next() == Some(cluster)),
+        !listed
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(cluster)),
         "`kinc get clusters` still lists {cluster}: {listed}"
     );
     Ok(())
@@ -433,14 +440,10 @@ fn run_teed(argv: &[&str]) -> Result<Teed> {
 /// kincnet answers the CNI VERSION command inside the running node (its user namespace).
 pub fn kincnet_version() -> Result<()> {
     let node = container_of(CLUSTER)?;
-    let out = ok(&[
-        "podman",
-        "exec",
-        "--env",
-        "CNI_COMMAND=VERSION",
+    let out = exec(
         &node,
-        "/usr/local/bin/kincnet",
-    ])?;
+        &["env", "CNI_COMMAND=VERSION", "/usr/local/bin/kincnet"],
+    )?;
     let v: serde_json::Value = serde_json::from_str(&out).context("kincnet VERSION output")?;
     ensure!(
         v.get("supportedVersions").is_some_and(|s| s.is_array()),
