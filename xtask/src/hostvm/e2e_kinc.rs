@@ -275,6 +275,10 @@ fn cut_create(cluster: &str, signal: libc::c_int) -> Result<()> {
     println!("  create cut by signal {signal} (container seen: {seen}): {st}");
     if signal == libc::SIGKILL {
         ensure!(seen, "the create ended before its container existed");
+        ensure!(
+            quiet(&["podman", "container", "exists", &node]).is_some(),
+            "container {node} went with the killed create: nothing for delete to prove"
+        );
         let files = quadlet_files(cluster);
         println!("  left behind: container {node}, Quadlet files {files:?}");
         ensure!(
