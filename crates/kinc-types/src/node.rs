@@ -27,6 +27,21 @@ pub const CRUN_WRAPPER_BIN: &str = "/usr/local/bin/crun-wrapper";
 pub const CRUN_WRAPPER_CONFIG: &str = "/etc/kinc/crun-wrapper.toml";
 pub const REAL_CRUN: &str = "/usr/bin/crun";
 
+/// CRI-O's `default_capabilities` (the node image keeps CRI-O's default): what a pod's
+/// container holds unless its securityContext says otherwise, so what every pod spec
+/// crun-wrapper sees carries. The CRI-O-shaped specs in the tests are built from it.
+pub const CRIO_DEFAULT_CAPABILITIES: [&str; 9] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_KILL",
+];
+
 /// Where the host's container storage is mounted read-only, for CRI-O's
 /// `additionalimagestores` (clusters reuse what the host already pulled).
 pub const HOST_IMAGE_STORE: &str = "/usr/lib/kinc/host-storage";

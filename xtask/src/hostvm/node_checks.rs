@@ -102,17 +102,7 @@ const POD_CGROUP: &str = "kubepods/pod-kinc-e2e/crio-kinc-e2e";
 /// rlimits, oomScoreAdj, sysctls, seccomp, cgroupsPath under kubelet's root), reduced
 /// to what a busybox rootfs can run.
 pub fn pod_spec(rootfs: &Path, userdata: &Path, args: &[&str]) -> Value {
-    let caps = json!([
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_KILL"
-    ]);
+    let caps = json!(kinc_types::node::CRIO_DEFAULT_CAPABILITIES);
     let bind = |name: &str, dest: &str, ro: bool| {
         json!({"destination": dest, "type": "bind",
                "source": userdata.join(name),

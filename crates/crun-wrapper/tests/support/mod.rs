@@ -171,17 +171,7 @@ pub fn base_spec(rootfs: &Path, args: &[&str]) -> Value {
     p.insert("oomScoreAdj".into(), json!(968));
     p.remove("apparmorProfile");
     p.insert("user".into(), json!({"uid": 0, "gid": 0}));
-    let caps = json!([
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_KILL"
-    ]);
+    let caps = json!(kinc_types::node::CRIO_DEFAULT_CAPABILITIES);
     p.insert(
         "capabilities".into(),
         json!({"bounding": caps, "effective": caps, "permitted": caps}),
