@@ -331,10 +331,8 @@ pub fn in_node(name: &str) -> Result<()> {
         println!("$ {}", argv.join(" "));
         let ran = run_teed(&argv)?;
         let verdict = node_check_verdict(name, &ran.stdout, &ran.stderr);
-        match (ran.code, verdict) {
-            // The check proved what it proves; podman failing to hand back the status
-            // afterwards is podman's bookkeeping, kept in the log.
-            (0 | 125, Some(true)) => {
+        match next_step(ran.code, verdict, attempt) {
+            Next::Passed => {
                 if ran.code == 125 {
                     println!(
                         "  the check passed; podman exec then exited 125{}",
@@ -346,14 +344,15 @@ pub fn in_node(name: &str) -> Result<()> {
                 }
                 return Ok(());
             }
-            (125, None) if attempt == 1 => {
+            Next::Retry => {
                 let e = format!("podman exec exit 125{}", podman_errors(&ran.stderr));
                 println!("  {e}: the check never ran; trying once more");
                 first_error = Some(e);
             }
-            (code, v) => bail!(
-                "node-check {name} in {node}: exit {code}, the check said {}{}",
-                match v {
+            Next::Failed => bail!(
+                "node-check {name} in {node}: exit {}, the check said {}{}",
+                ran.code,
+                match verdict {
                     Some(true) => "ok",
                     Some(false) => "FAILED (its reason is above)",
                     None => "nothing",
@@ -363,6 +362,27 @@ pub fn in_node(name: &str) -> Result<()> {
         }
     }
     unreachable!("the second attempt returns or fails")
+}
+
+#[derive(Debug, PartialEq)]
+enum Next {
+    Passed,
+    Retry,
+    Failed,
+}
+
+/// What follows one `podman exec` of an in-node check, from its exit code and what the
+/// check said of itself.
+fn next_step(code: i32, verdict: Option<bool>, attempt: u32) -> Next {
+    match (code, verdict) {
+        // The check proved what it proves; podman failing to hand back the status
+        // afterwards is podman's bookkeeping, kept in the log.
+        (0 | 125, Some(true)) => Next::Passed,
+        // Podman failed before the check said anything: nothing ran, so running it
+        // again proves the same thing.
+        (125, None) if attempt == 1 => Next::Retry,
+        _ => Next::Failed,
+    }
 }
 
 /// What the in-node check said of itself: `Some(true)` for its ok line, `Some(false)` for
@@ -487,6 +507,20 @@ mod tests {
             ": Error: crun: executable file not found; time=\"x\" level=error msg=\"exec error\""
         );
         assert_eq!(podman_errors("all fine\n"), "");
+    }
+
+    #[test]
+    fn in_node_retries_only_podman_failing_before_the_check() {
+        assert_eq!(next_step(0, Some(true), 1), Next::Passed);
+        assert_eq!(next_step(125, Some(true), 1), Next::Passed);
+        assert_eq!(next_step(125, None, 1), Next::Retry);
+        assert_eq!(next_step(125, None, 2), Next::Failed);
+        // The check's own failure is never retried, whatever podman then did.
+        assert_eq!(next_step(1, Some(false), 1), Next::Failed);
+        assert_eq!(next_step(125, Some(false), 1), Next::Failed);
+        // Killed or silent: a failure, not a retry.
+        assert_eq!(next_step(137, None, 1), Next::Failed);
+        assert_eq!(next_step(0, None, 1), Next::Failed);
     }
 
     #[test]
