@@ -249,6 +249,9 @@ impl<R: Runner> Kinc<R> {
     /// `delete` without taking the state lock (the caller holds it, or has none).
     pub fn delete_resources(&self, name: &ClusterName) -> Result<DeleteReport, ClusterError> {
         let mut report = DeleteReport::default();
+        // Listed before the units stop: stopping a Quadlet node removes its container,
+        // and the report names what delete removed either way.
+        let existed = self.owned_containers(Some(name))?;
         if let Some(dir) = &self.unit_dir {
             let units = quadlet::installed_units(dir, name);
             if !units.is_empty() {
@@ -270,10 +273,21 @@ impl<R: Runner> Kinc<R> {
                 report.units = units;
             }
         }
-        let containers = self.owned_containers(Some(name))?;
-        let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
+        let left = if report.units.is_empty() {
+            existed.clone()
+        } else {
+            self.owned_containers(Some(name))?
+        };
+        let ids: Vec<String> = left.iter().map(|c| c.id.clone()).collect();
         self.podman.container_rm(&ids)?;
-        report.containers = containers.iter().map(|c| c.name().to_string()).collect();
+        let mut removed: Vec<String> = existed
+            .iter()
+            .chain(&left)
+            .map(|c| c.name().to_string())
+            .collect();
+        removed.sort();
+        removed.dedup();
+        report.containers = removed;
         let vols: Vec<String> = self
             .podman
             .volumes(&[OWNER, (labels::CLUSTER, name.as_str())])?
