@@ -2,7 +2,7 @@
 //! them, and read what a node publishes on its `/var` volume. `create` lives in
 //! [`crate::create`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -273,21 +273,17 @@ impl<R: Runner> Kinc<R> {
                 report.units = units;
             }
         }
+        let mut removed: BTreeSet<String> = existed.iter().map(|c| c.name().to_string()).collect();
+        // Only a unit stop can have changed the list since.
         let left = if report.units.is_empty() {
-            existed.clone()
+            existed
         } else {
             self.owned_containers(Some(name))?
         };
         let ids: Vec<String> = left.iter().map(|c| c.id.clone()).collect();
         self.podman.container_rm(&ids)?;
-        let mut removed: Vec<String> = existed
-            .iter()
-            .chain(&left)
-            .map(|c| c.name().to_string())
-            .collect();
-        removed.sort();
-        removed.dedup();
-        report.containers = removed;
+        removed.extend(left.iter().map(|c| c.name().to_string()));
+        report.containers = removed.into_iter().collect();
         let vols: Vec<String> = self
             .podman
             .volumes(&[OWNER, (labels::CLUSTER, name.as_str())])?

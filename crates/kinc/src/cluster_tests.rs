@@ -17,6 +17,9 @@ pub struct Model {
     pub vol_root: PathBuf,
     pub fail_run: bool,
     pub logs: String,
+    /// (container, unit file): the container exists only while its Quadlet unit file
+    /// does, as when removing and stopping the unit removes the container.
+    pub quadlet_node: Option<(String, PathBuf)>,
 }
 
 fn labels_of(args: &[String]) -> BTreeMap<String, String> {
@@ -109,6 +112,11 @@ impl Model {
             }
             ["ps", ..] => {
                 let f = filters(&c.args);
+                if let Some((n, unit)) = &self.quadlet_node {
+                    if !unit.exists() {
+                        self.containers.remove(n);
+                    }
+                }
                 let v: Vec<_> = self
                     .containers
                     .iter()
@@ -238,7 +246,17 @@ fn delete_is_idempotent_and_removes_units_and_kubeconfig_entries() {
         "clusters:\n- name: kinc-dev\n  cluster: {server: 'https://127.0.0.1:6444'}\n- name: other\n  cluster: {server: 'https://o'}\ncurrent-context: other\n",
     )
     .unwrap();
+    // The node container goes with its unit (Quadlet): the report still names it.
+    let node_unit = units.join("kinc-dev-control-plane.container");
+    assert!(node_unit.exists());
+    h.model.borrow_mut().containers.insert(
+        "kinc-dev-control-plane".into(),
+        (owned("dev", labels::ROLE_NODE), "running".into()),
+    );
+    h.model.borrow_mut().quadlet_node = Some(("kinc-dev-control-plane".into(), node_unit));
     let r = h.kinc.delete(&n("dev")).unwrap();
+    assert_eq!(r.containers, vec!["kinc-dev-control-plane"]);
+    assert!(h.model.borrow().containers.is_empty());
     assert_eq!(r.units.len(), 3);
     assert_eq!(r.kubeconfig.as_deref(), Some(kc.as_path()));
     assert!(units.join("unrelated.container").exists());
