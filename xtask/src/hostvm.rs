@@ -2,9 +2,9 @@
 //! Podman 5, Quadlet), and kinc's end-to-end suite run inside it. See notes/hostvm.md.
 
 mod agent;
-mod build;
+pub(crate) mod build;
 mod cmd;
-mod config;
+pub(crate) mod config;
 mod e2e;
 mod e2e_checks;
 mod e2e_kinc;

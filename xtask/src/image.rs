@@ -3,6 +3,9 @@
 
 mod check;
 mod context;
+pub mod gobuild;
+pub mod oci;
+pub mod offline;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,9 +15,19 @@ use clap::Parser;
 
 pub use context::{Binary, BINARIES};
 
-/// Builds the kinc node image (`localhost/kinc/node:v1.33.5` by default).
+/// Builds the kinc node image (`localhost/kinc/node:v1.33.13` by default).
 ///
-/// Steps: `cargo build --release` of kincnet, crun-wrapper, cgroup-setup, kinc-init and
+/// Two paths share one set of node files (image/files, manifests/, the kinc binaries) and
+/// one place for versions (crates/kinc-types/src/versions.rs):
+///
+/// --offline: no registry, no distribution Kubernetes packages. Builds Kubernetes, etcd,
+/// CoreDNS and local-path-provisioner from the Go modules pinned in image/go/, a Debian
+/// trixie root filesystem with containerd (debootstrap), the component images as OCI
+/// archives, and the node as one OCI archive (default target/kinc-node-<version>.oci.tar),
+/// then `podman load`s it. Needs root, Go and debootstrap; every stage is cached under
+/// $KINC_IMAGE_CACHE (default /var/cache/kinc-image as root).
+///
+/// Without --offline (the Fedora 42 path): `cargo build --release` of kincnet, crun-wrapper, cgroup-setup, kinc-init and
 /// kincnet-policy; assemble the context (image/Containerfile, image/repos, image/files,
 /// manifests/, the binaries); check it (every COPY source exists, the binaries run `--version`, systemd
 /// units pass `systemd-analyze verify`, CRI-O drop-ins parse as TOML, YAML and JSON parse,
@@ -22,6 +35,8 @@ pub use context::{Binary, BINARIES};
 /// access to registry.fedoraproject.org, pkgs.k8s.io and download.opensuse.org.
 ///
 /// Examples:
+///   cargo xtask image --offline
+///   cargo xtask image --offline --output /tmp/node.tar --no-load
 ///   cargo xtask image
 ///   cargo xtask image --tag localhost/kinc/node:dev --cache-bust 2
 ///   cargo xtask image --context-only target/node-context && podman build target/node-context
@@ -40,6 +55,16 @@ pub struct Args {
     /// Take the node binaries from DIR instead of building them (e.g. target/debug).
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
+    /// Build without any registry or Kubernetes packages: Go modules, debootstrap, our own
+    /// OCI writer (see above).
+    #[arg(long)]
+    pub offline: bool,
+    /// With --offline: where to write the node's OCI archive.
+    #[arg(long, value_name = "FILE", requires = "offline")]
+    pub output: Option<PathBuf>,
+    /// With --offline: do not `podman load` the archive.
+    #[arg(long, requires = "offline")]
+    pub no_load: bool,
 }
 
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
@@ -54,6 +79,23 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
             Err(e) => bail!("{e}"),
         };
     let root = workspace_root();
+    if args.offline {
+        let mut wanted = BINARIES.to_vec();
+        wanted.push(offline::PAUSE);
+        let binaries = match &args.bin_dir {
+            Some(dir) => context::binaries_in(dir, &wanted),
+            None => build_release(&root, &wanted)?,
+        };
+        let o = offline::Offline {
+            root: root.clone(),
+            cache: offline::cache_root(),
+            tag: args.tag.clone(),
+            output: args.output.clone().unwrap_or_else(offline::default_output),
+            load: !args.no_load,
+        };
+        o.run(&binaries)?;
+        return Ok(());
+    }
     let binaries = match &args.bin_dir {
         Some(dir) => context::binaries_in(dir, BINARIES),
         None => build_release(&root, BINARIES)?,
@@ -142,6 +184,17 @@ fn node_target() -> String {
     format!("{}-unknown-linux-gnu", std::env::consts::ARCH)
 }
 
+/// The Containerfile's build arguments: every version comes from `kinc_types::versions`.
+fn fedora_build_args(cache_bust: u64) -> Vec<String> {
+    use kinc_types::versions as v;
+    vec![
+        format!("FEDORA_VERSION={}", v::FEDORA),
+        format!("KUBERNETES_VERSION={}", v::KUBERNETES),
+        format!("CRIO_VERSION={}", v::CRIO_STREAM),
+        format!("CACHE_BUST={cache_bust}"),
+    ]
+}
+
 /// Runs `podman build`; a missing podman or a failed build (usually no network) is an
 /// error that says what the build needs.
 pub fn podman_build(podman: &str, ctx: &Path, tag: &str, cache_bust: u64) -> anyhow::Result<()> {
@@ -159,9 +212,11 @@ pub fn podman_build(podman: &str, ctx: &Path, tag: &str, cache_bust: u64) -> any
     }
     let containerfile = ctx.join("Containerfile");
     let mut cmd = Command::new(podman);
-    cmd.arg("build")
-        .args(["--build-arg", &format!("CACHE_BUST={cache_bust}")])
-        .args(["--tag", tag])
+    cmd.arg("build");
+    for a in fedora_build_args(cache_bust) {
+        cmd.args(["--build-arg", &a]);
+    }
+    cmd.args(["--tag", tag])
         .arg("--file")
         .arg(&containerfile)
         .arg(ctx);
@@ -185,7 +240,7 @@ mod tests {
     #[test]
     fn args_parse_with_defaults_and_reject_unknown() {
         let a = Args::try_parse_from(["x", "--context-only", "/tmp/c"]).unwrap();
-        assert_eq!(a.tag, "localhost/kinc/node:v1.33.5");
+        assert_eq!(a.tag, "localhost/kinc/node:v1.33.13");
         assert_eq!(a.cache_bust, 1);
         assert_eq!(a.context_only.as_deref(), Some(Path::new("/tmp/c")));
         let a = Args::try_parse_from(["x", "--tag", "t:1", "--cache-bust", "7"]).unwrap();
@@ -193,6 +248,28 @@ mod tests {
         let err = run(vec!["--bogus".into()]).unwrap_err().to_string();
         assert!(err.contains("--bogus"), "{err}");
         assert!(run(vec!["--help".into()]).is_ok());
+    }
+
+    #[test]
+    fn containerfile_versions_come_from_kinc_types() {
+        let args = fedora_build_args(3);
+        assert!(
+            args.contains(&"KUBERNETES_VERSION=v1.33.13".to_string()),
+            "{args:?}"
+        );
+        assert!(args.contains(&"CACHE_BUST=3".to_string()));
+        // Every ARG the Containerfile declares without a default is passed.
+        let cf = std::fs::read_to_string(workspace_root().join("image/Containerfile")).unwrap();
+        for line in cf
+            .lines()
+            .filter(|l| l.starts_with("ARG ") && !l.contains('='))
+        {
+            let name = line.trim_start_matches("ARG ").trim();
+            assert!(
+                args.iter().any(|a| a.starts_with(&format!("{name}="))),
+                "ARG {name} is not passed"
+            );
+        }
     }
 
     #[test]

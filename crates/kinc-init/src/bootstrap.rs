@@ -1,16 +1,19 @@
 //! The bootstrap as named steps, each recorded in the status file the host reads.
 //!
-//! Two oneshot units run it: `kinc-init prepare` before CRI-O and kubelet start (config,
-//! node IP, kubeadm config, CNI conflist), and `kinc-init bootstrap` after CRI-O is up
-//! (kubeadm init or, on a `/var` that was initialised before, bring the same cluster
-//! back). The status file is saved after every change of a step.
+//! Two oneshot units run it: `kinc-init prepare` before the CRI (CRI-O or containerd, as
+//! the image's `node-image.json` says) and kubelet start (config, node IP, kubeadm config,
+//! CNI conflist), and `kinc-init bootstrap` after the CRI is up (preloaded images imported,
+//! kubeadm init or, on a `/var` that was initialised before, bring the same cluster back).
+//! The status file is saved after every change of a step.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kinc_types::fsutil::write_atomic;
+use kinc_types::node::{self, Cri, ImageList, NodeFileError, NodeImageInfo};
 use kinc_types::status::StatusError;
 use kinc_types::{BootstrapStatus, ClusterConfig, StepState};
 
@@ -29,7 +32,8 @@ pub mod step {
     pub const DETECT_NODE_IP: &str = "detect-node-ip";
     pub const RENDER_KUBEADM_CONFIG: &str = "render-kubeadm-config";
     pub const WRITE_CNI_CONFIG: &str = "write-cni-config";
-    pub const WAIT_CRIO: &str = "wait-crio";
+    pub const WAIT_CRI: &str = "wait-cri";
+    pub const LOAD_IMAGES: &str = "load-images";
     pub const RESTORE_NODE: &str = "restore-node";
     pub const KUBEADM_INIT: &str = "kubeadm-init";
     pub const REMOVE_TAINT: &str = "remove-control-plane-taint";
@@ -48,8 +52,9 @@ pub const PREPARE_STEPS: [&str; 4] = [
     step::WRITE_CNI_CONFIG,
 ];
 /// Steps of `kinc-init bootstrap`.
-pub const BOOTSTRAP_STEPS: [&str; 9] = [
-    step::WAIT_CRIO,
+pub const BOOTSTRAP_STEPS: [&str; 10] = [
+    step::WAIT_CRI,
+    step::LOAD_IMAGES,
     step::RESTORE_NODE,
     step::KUBEADM_INIT,
     step::REMOVE_TAINT,
@@ -70,10 +75,15 @@ pub fn all_steps() -> Vec<&'static str> {
 
 const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane:NoSchedule-";
 
+/// containerd's CRI plugin never garbage-collects an image with this label (kubelet's
+/// image GC sees it as pinned): a preloaded image could not be pulled back.
+pub const CRI_PINNED_LABEL: &str = "io.cri-containerd.pinned";
+pub const CRI_PINNED_VALUE: &str = "pinned";
+
 #[derive(Debug, Clone)]
 pub struct Timeouts {
-    /// CRI-O's socket answering.
-    pub crio: Duration,
+    /// The CRI's socket answering.
+    pub cri: Duration,
     /// The API server answering after a restart (taint, apply).
     pub api: Duration,
     pub node_ready: Duration,
@@ -87,7 +97,7 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            crio: Duration::from_secs(120),
+            cri: Duration::from_secs(120),
             api: Duration::from_secs(180),
             node_ready: Duration::from_secs(300),
             coredns: Duration::from_secs(300),
@@ -105,6 +115,10 @@ pub enum InitError {
     State(#[from] StateError),
     #[error(transparent)]
     Status(#[from] StatusError),
+    #[error(transparent)]
+    NodeImage(#[from] NodeFileError),
+    #[error("{file} is not listed in {list}: the node image is inconsistent; rebuild it")]
+    UnlistedImage { file: PathBuf, list: PathBuf },
     #[error("finding the node IP: {0}")]
     NodeIp(#[from] NodeIpError),
     #[error(transparent)]
@@ -249,9 +263,10 @@ impl<'a> Bootstrap<'a> {
         t.status.boot = 0;
         t.save()?;
 
-        let (cfg, mut state) = t.run(step::LOAD_CONFIG, || {
+        let (cfg, mut state, image) = t.run(step::LOAD_CONFIG, || {
             let (cfg, from) = choose_config(&self.paths)?;
             eprintln!("kinc-init: cluster config from {}", from.display());
+            let image = NodeImageInfo::load(&self.paths.node_image_info())?;
             let state = NodeState::load(&self.paths.node_state())?;
             if let Some(c) = &state.cluster {
                 if c != cfg.name.as_str() {
@@ -261,7 +276,7 @@ impl<'a> Bootstrap<'a> {
                     });
                 }
             }
-            Ok((cfg, state))
+            Ok((cfg, state, image))
         })?;
         t.status.cluster = cfg.name.to_string();
         t.status.boot = state.boots + 1;
@@ -278,9 +293,13 @@ impl<'a> Bootstrap<'a> {
         t.note(step::DETECT_NODE_IP, format!("node IP {ip}"))?;
 
         t.run(step::RENDER_KUBEADM_CONFIG, || {
-            let yaml = KubeadmConfig::new(&cfg, ip).to_yaml();
+            let yaml = KubeadmConfig::new(&cfg, ip, image.cri).to_yaml();
             write_file(&self.paths.kubeadm_config(), yaml.as_bytes(), 0o600)
         })?;
+        t.note(
+            step::RENDER_KUBEADM_CONFIG,
+            format!("CRI {} at {}", image.cri, image.cri.endpoint()),
+        )?;
         t.run(step::WRITE_CNI_CONFIG, || {
             let json = Conflist::for_pod_subnet(cfg.pod_subnet).to_json();
             write_file(&self.paths.conflist(), json.as_bytes(), 0o644)
@@ -288,8 +307,8 @@ impl<'a> Bootstrap<'a> {
         Ok(t.status)
     }
 
-    /// After CRI-O: initialise the cluster once, or bring it back; then wait until the
-    /// node and CoreDNS are ready.
+    /// After the CRI is up: import the preloaded images, initialise the cluster once, or
+    /// bring it back; then wait until the node and CoreDNS are ready.
     pub fn bootstrap(&self) -> Result<BootstrapStatus, InitError> {
         let status_path = self.paths.status();
         let status = BootstrapStatus::load(&status_path)
@@ -309,13 +328,14 @@ impl<'a> Bootstrap<'a> {
         };
         let loaded = (|| -> Result<_, InitError> {
             let (cfg, _) = choose_config(&self.paths)?;
+            let image = NodeImageInfo::load(&self.paths.node_image_info())?;
             let state = NodeState::load(&self.paths.node_state())?;
             let ip = state
                 .current_ip
                 .ok_or_else(|| InitError::NotPrepared("no node IP recorded".into()))?;
-            Ok((cfg, state, ip))
+            Ok((cfg, image, state, ip))
         })();
-        let (cfg, mut state, ip) = match loaded {
+        let (cfg, image, mut state, ip) = match loaded {
             Ok(v) => v,
             Err(e) => {
                 t.fail_next(&e);
@@ -323,7 +343,25 @@ impl<'a> Bootstrap<'a> {
             }
         };
 
-        t.run(step::WAIT_CRIO, || self.wait_crio())?;
+        let cri = image.cri;
+        t.run(step::WAIT_CRI, || self.wait_cri(cri))?;
+        match (cri, &image.images_dir) {
+            (Cri::Containerd, Some(dir)) => {
+                let note = t.run(step::LOAD_IMAGES, || self.load_images(dir))?;
+                t.note(step::LOAD_IMAGES, note)?;
+            }
+            (Cri::Containerd, None) => t.skip(
+                step::LOAD_IMAGES,
+                &format!(
+                    "{} names no imagesDir: nothing to preload",
+                    node::NODE_IMAGE_INFO
+                ),
+            )?,
+            (Cri::Crio, _) => t.skip(
+                step::LOAD_IMAGES,
+                "the image's CRI is CRI-O, which pulls its images (and reads the host's store): nothing to preload",
+            )?,
+        }
         if state.initialized {
             let notes = t.run(step::RESTORE_NODE, || self.restore_node(&mut state, ip))?;
             if !notes.is_empty() {
@@ -341,7 +379,9 @@ impl<'a> Bootstrap<'a> {
                 step::RESTORE_NODE,
                 "first boot of this /var: nothing to restore",
             )?;
-            t.run(step::KUBEADM_INIT, || self.kubeadm_init(&mut state, ip))?;
+            t.run(step::KUBEADM_INIT, || {
+                self.kubeadm_init(&mut state, ip, cri)
+            })?;
         }
         let node = cfg.name.container();
         t.run(step::REMOVE_TAINT, || self.remove_taint(&node))?;
@@ -384,8 +424,25 @@ impl<'a> Bootstrap<'a> {
         Cmd::new("kubeadm", args)
     }
 
-    fn cri_endpoint(&self) -> String {
-        format!("unix://{}", self.paths.crio_socket().display())
+    /// The CRI's socket as crictl and kubeadm's flags take it (below the root).
+    fn cri_endpoint(&self, cri: Cri) -> String {
+        format!("unix://{}", self.paths.cri_socket(cri).display())
+    }
+
+    /// `ctr` talking to containerd's socket, in the namespace the CRI uses.
+    fn ctr<I, S>(&self, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut all = vec![
+            "--address".to_string(),
+            self.paths.cri_socket(Cri::Containerd).display().to_string(),
+            "--namespace".to_string(),
+            node::CONTAINERD_K8S_NAMESPACE.to_string(),
+        ];
+        all.extend(args.into_iter().map(Into::into));
+        Cmd::new("ctr", all)
     }
 
     /// Retries `f` every `poll` until it succeeds or `limit` has passed.
@@ -411,27 +468,115 @@ impl<'a> Bootstrap<'a> {
         }
     }
 
-    fn wait_crio(&self) -> Result<(), InitError> {
-        let sock = self.paths.crio_socket();
-        self.retry("CRI-O", self.timeouts.crio, || {
-            UnixStream::connect(&sock).map_err(io_err("connecting to CRI-O socket", &sock))?;
-            let info = Cmd::new(
+    /// The CRI's socket accepts a connection and the runtime answers: `crictl info` for
+    /// CRI-O, `ctr version` for containerd (the offline image has no crictl).
+    fn wait_cri(&self, cri: Cri) -> Result<(), InitError> {
+        let sock = self.paths.cri_socket(cri);
+        let probe = match cri {
+            Cri::Crio => Cmd::new(
                 "crictl",
-                ["--runtime-endpoint", &self.cri_endpoint(), "info"],
-            );
-            self.runner.run_ok(&info)?;
+                ["--runtime-endpoint", &self.cri_endpoint(cri), "info"],
+            ),
+            Cri::Containerd => {
+                Cmd::new("ctr", ["--address", &sock.display().to_string(), "version"])
+            }
+        };
+        self.retry(cri.name(), self.timeouts.cri, || {
+            UnixStream::connect(&sock).map_err(io_err("connecting to the CRI socket", &sock))?;
+            self.runner.run_ok(&probe)?;
             Ok(())
         })
     }
 
-    fn kubeadm_init(&self, state: &mut NodeState, ip: Ipv4Addr) -> Result<(), InitError> {
+    /// Imports the image's OCI archives that containerd does not hold yet (pinned) into
+    /// the CRI's namespace, and pins them against kubelet's image GC. Returns the note.
+    fn load_images(&self, images_dir: &str) -> Result<String, InitError> {
+        let dir = self.paths.at(images_dir);
+        let list_path = dir.join(node::IMAGE_LIST_FILE);
+        let mut list = ImageList::load(&list_path)?.0;
+        list.sort_by(|a, b| a.file.cmp(&b.file));
+        // Every archive in the dir is listed, and every listed one is there.
+        let listed: BTreeSet<&str> = list.iter().map(|i| i.file.as_str()).collect();
+        let entries = std::fs::read_dir(&dir).map_err(io_err("reading directory", &dir))?;
+        let mut on_disk = Vec::new();
+        for e in entries {
+            let e = e.map_err(io_err("reading directory", &dir))?;
+            on_disk.push(e.file_name().to_string_lossy().into_owned());
+        }
+        on_disk.sort();
+        if let Some(f) = on_disk
+            .iter()
+            .find(|f| f.ends_with(".tar") && !listed.contains(f.as_str()))
+        {
+            return Err(InitError::UnlistedImage {
+                file: dir.join(f),
+                list: list_path,
+            });
+        }
+        for img in &list {
+            let p = dir.join(&img.file);
+            std::fs::metadata(&p).map_err(io_err("reading preloaded image", &p))?;
+        }
+
+        // Only images that are there and pinned count as present: one imported on a boot
+        // that died before pinning it is imported (a no-op for its content) and pinned now.
+        let pinned_filter = format!("labels.\"{CRI_PINNED_LABEL}\"=={CRI_PINNED_VALUE}");
+        let out = self
+            .runner
+            .run_ok(&self.ctr(["images", "list", "--quiet", &pinned_filter]))?;
+        let present: BTreeSet<&str> = out
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let missing: Vec<_> = list
+            .iter()
+            .filter(|i| !present.contains(i.name.as_str()))
+            .collect();
+        if missing.is_empty() {
+            return Ok(format!(
+                "all {} preloaded images already in containerd (pinned); nothing imported",
+                list.len()
+            ));
+        }
+        for img in &missing {
+            let archive = dir.join(&img.file).display().to_string();
+            // `--local` (ctr 1.7's default, said explicitly): the client imports and
+            // unpacks; the name is the archive's `io.containerd.image.name` annotation.
+            // No `--all-platforms`: only this node's platform is imported and unpacked.
+            self.runner.run_ok(&self.ctr([
+                "images",
+                "import",
+                "--local",
+                "--snapshotter",
+                node::CONTAINERD_SNAPSHOTTER,
+                &archive,
+            ]))?;
+            self.runner.run_ok(&self.ctr([
+                "images".to_string(),
+                "label".to_string(),
+                img.name.clone(),
+                format!("{CRI_PINNED_LABEL}={CRI_PINNED_VALUE}"),
+            ]))?;
+        }
+        let names: Vec<&str> = missing.iter().map(|i| i.name.as_str()).collect();
+        Ok(format!(
+            "imported and pinned {} of {} preloaded images: {}",
+            missing.len(),
+            list.len(),
+            names.join(", ")
+        ))
+    }
+
+    fn kubeadm_init(&self, state: &mut NodeState, ip: Ipv4Addr, cri: Cri) -> Result<(), InitError> {
         // A first boot that died half-way through kubeadm init leaves certificates,
         // manifests and etcd data behind; init refuses to run over them.
         if self.paths.init_leftovers().iter().any(|p| p.exists()) {
             eprintln!("kinc-init: resetting what an unfinished kubeadm init left behind");
             self.runner.run_ok(&Cmd::new(
                 "kubeadm",
-                ["reset", "--force", "--cri-socket", &self.cri_endpoint()],
+                ["reset", "--force", "--cri-socket", &self.cri_endpoint(cri)],
             ))?;
         }
         let cfg = self.paths.kubeadm_config().display().to_string();
@@ -613,7 +758,7 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InitError> {
     write_atomic(path, bytes, Some(mode)).map_err(io_err("writing", path))
 }
 
-/// The kubeadm config for `cfg` at `ip`, as `kinc-init render` prints it.
-pub fn render_kubeadm(cfg: &ClusterConfig, ip: Ipv4Addr) -> String {
-    KubeadmConfig::new(cfg, ip).to_yaml()
+/// The kubeadm config for `cfg` at `ip` with `cri`, as `kinc-init render` prints it.
+pub fn render_kubeadm(cfg: &ClusterConfig, ip: Ipv4Addr, cri: Cri) -> String {
+    KubeadmConfig::new(cfg, ip, cri).to_yaml()
 }

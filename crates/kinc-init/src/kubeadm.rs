@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use kinc_types::config::NODE_API_PORT;
-use kinc_types::{node, ClusterConfig};
+use kinc_types::node::{self, Cri};
+use kinc_types::ClusterConfig;
 use serde::{Deserialize, Serialize};
 
 pub const KUBEADM_API: &str = "kubeadm.k8s.io/v1beta4";
 pub const KUBELET_API: &str = "kubelet.config.k8s.io/v1beta1";
 pub const KUBE_PROXY_API: &str = "kubeproxy.config.k8s.io/v1alpha1";
-pub const CRI_SOCKET: &str = "unix:///var/run/crio/crio.sock";
 
 /// v1beta4 writes component flags as a list of name/value pairs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,8 +153,9 @@ pub struct KubeadmConfig {
 }
 
 impl KubeadmConfig {
-    /// The configuration for `cfg`'s cluster on a node whose address is `node_ip`.
-    pub fn new(cfg: &ClusterConfig, node_ip: Ipv4Addr) -> Self {
+    /// The configuration for `cfg`'s cluster on a node whose address is `node_ip` and
+    /// whose container runtime is `cri`.
+    pub fn new(cfg: &ClusterConfig, node_ip: Ipv4Addr, cri: Cri) -> Self {
         let node_name = cfg.name.container();
         let mut sans = vec![
             "localhost".to_string(),
@@ -175,7 +176,7 @@ impl KubeadmConfig {
             },
             node_registration: NodeRegistration {
                 name: node_name,
-                cri_socket: CRI_SOCKET.into(),
+                cri_socket: cri.endpoint(),
                 kubelet_extra_args: vec![arg("node-ip", node_ip.to_string())],
                 ignore_preflight_errors: vec!["all".into()],
             },
@@ -206,7 +207,7 @@ impl KubeadmConfig {
             kind: "KubeletConfiguration".into(),
             cgroup_driver: "cgroupfs".into(),
             cgroup_root: node::KUBELET_CGROUP_ROOT.into(),
-            container_runtime_endpoint: CRI_SOCKET.into(),
+            container_runtime_endpoint: cri.endpoint(),
             feature_gates: BTreeMap::from([("KubeletInUserNamespace".to_string(), true)]),
             fail_swap_on: false,
             memory_swap: MemorySwap {

@@ -15,8 +15,6 @@ pub const NODE_STATE: &str = "/var/lib/kinc/node.json";
 /// same `/var` gets its certificates and kubeconfigs back from here.
 pub const ETC_KUBERNETES_BACKUP: &str = "/var/lib/kinc/etc-kubernetes";
 pub const ETC_KUBERNETES: &str = "/etc/kubernetes";
-/// CRI-O's socket (its default `listen`).
-pub const CRIO_SOCKET: &str = "/var/run/crio/crio.sock";
 /// Manifests kinc-init applies after `kubeadm init` (the image copies `manifests/` to
 /// `/usr/share/kinc/manifests`; only the `cluster` directory is applied).
 pub const CLUSTER_MANIFESTS: &str = "/usr/share/kinc/manifests/cluster";
@@ -83,8 +81,13 @@ impl NodePaths {
     pub fn policy_kubeconfig(&self) -> PathBuf {
         self.at(crate::policy::POLICY_KUBECONFIG)
     }
-    pub fn crio_socket(&self) -> PathBuf {
-        self.at(CRIO_SOCKET)
+    /// Which CRI the image carries and where its preloaded images are.
+    pub fn node_image_info(&self) -> PathBuf {
+        self.at(node::NODE_IMAGE_INFO)
+    }
+    /// The CRI's socket.
+    pub fn cri_socket(&self, cri: node::Cri) -> PathBuf {
+        self.at(cri.socket_path())
     }
     pub fn cluster_manifests(&self) -> PathBuf {
         self.at(CLUSTER_MANIFESTS)
@@ -121,6 +124,18 @@ mod tests {
         assert_eq!(
             NodePaths::system().conflist(),
             Path::new(node::KINCNET_CONFLIST)
+        );
+        assert_eq!(
+            p.node_image_info(),
+            Path::new("/tmp/x/usr/share/kinc/node-image.json")
+        );
+        assert_eq!(
+            p.cri_socket(node::Cri::Containerd),
+            Path::new("/tmp/x/run/containerd/containerd.sock")
+        );
+        assert_eq!(
+            p.cri_socket(node::Cri::Crio),
+            Path::new("/tmp/x/var/run/crio/crio.sock")
         );
     }
 }

@@ -11,39 +11,7 @@ use kinc_init::runner::RecordingRunner;
 use kinc_init::state::NodeState;
 use kinc_init::{Bootstrap, InitError};
 use kinc_types::status::Phase;
-use kinc_types::{BootstrapStatus, StepState};
-
-fn boot(
-    node: &FakeNode,
-    runner: &RecordingRunner,
-    ip: &IpKnob,
-) -> Result<BootstrapStatus, InitError> {
-    let knob = ip.clone();
-    Bootstrap::new(node.paths.clone(), runner)
-        .with_timeouts(fast())
-        .with_node_ip(move || Ok(knob.get()))
-        .run_all()
-}
-
-fn saved_status(node: &FakeNode) -> BootstrapStatus {
-    BootstrapStatus::load(&node.paths.status()).unwrap()
-}
-
-fn state_of(s: &BootstrapStatus, name: &str) -> StepState {
-    s.step(name)
-        .unwrap_or_else(|| panic!("no step {name}"))
-        .state
-}
-
-/// Command lines with the temp root replaced by `/`, so they read like the real node's.
-fn calls(node: &FakeNode, runner: &RecordingRunner) -> Vec<String> {
-    let root = format!("{}/", node.root().display());
-    runner
-        .lines()
-        .iter()
-        .map(|l| l.replace(&root, "/"))
-        .collect()
-}
+use kinc_types::StepState;
 
 #[test]
 fn first_boot_runs_every_step_in_order() {
@@ -56,13 +24,19 @@ fn first_boot_runs_every_step_in_order() {
     assert_eq!(status.boot, 1);
     assert_eq!(status.cluster, "dev");
     for s in all_steps() {
-        let want = if s == step::RESTORE_NODE {
+        let want = if s == step::RESTORE_NODE || s == step::LOAD_IMAGES {
             StepState::Skipped
         } else {
             StepState::Done
         };
         assert_eq!(state_of(&status, s), want, "step {s}");
     }
+    // No node-image.json: the Fedora image, CRI-O, nothing to preload.
+    assert!(message_of(&status, step::LOAD_IMAGES).contains("CRI-O"));
+    assert_eq!(
+        message_of(&status, step::RENDER_KUBEADM_CONFIG),
+        "CRI CRI-O at unix:///var/run/crio/crio.sock"
+    );
     assert_eq!(saved_status(&node), status);
     let a = "--kubeconfig /etc/kubernetes/admin.conf";
     assert_eq!(
@@ -80,6 +54,11 @@ fn first_boot_runs_every_step_in_order() {
     // The rendered files name this node and this cluster's CIDRs.
     let kubeadm = std::fs::read_to_string(node.paths.kubeadm_config()).unwrap();
     assert!(kubeadm.contains("advertiseAddress: 10.88.0.5"), "{kubeadm}");
+    assert!(
+        kubeadm.contains("criSocket: unix:///var/run/crio/crio.sock")
+            && kubeadm.contains("containerRuntimeEndpoint: unix:///var/run/crio/crio.sock"),
+        "{kubeadm}"
+    );
     assert!(kubeadm.contains("podSubnet: 10.244.44.0/24"), "{kubeadm}");
     let conflist = std::fs::read_to_string(node.paths.conflist()).unwrap();
     assert!(
@@ -257,7 +236,7 @@ fn failed_kubeadm_init_is_in_the_status_file_and_stops_the_bootstrap() {
         "{msg}"
     );
     assert!(failed.started_at.is_some() && failed.finished_at.is_some());
-    assert_eq!(state_of(&s, step::WAIT_CRIO), StepState::Done);
+    assert_eq!(state_of(&s, step::WAIT_CRI), StepState::Done);
     for later in [
         step::REMOVE_TAINT,
         step::APPLY_MANIFESTS,
@@ -291,9 +270,9 @@ fn retry_after_a_half_done_init_resets_first() {
 }
 
 #[test]
-fn crio_that_never_answers_times_out_in_wait_crio() {
+fn crio_that_never_answers_times_out_in_wait_cri() {
     let cfg = cluster("dev", 6444);
-    let node = FakeNode::without_crio(&cfg);
+    let node = FakeNode::new(&cfg).without_cri();
     let runner = node.healthy();
     let err = boot(&node, &runner, &IpKnob::new(ip(5)))
         .unwrap_err()
@@ -304,7 +283,7 @@ fn crio_that_never_answers_times_out_in_wait_crio() {
     );
     assert_eq!(
         saved_status(&node).failed_step().unwrap().name,
-        step::WAIT_CRIO
+        step::WAIT_CRI
     );
     assert!(runner.calls().is_empty());
 }

@@ -9,11 +9,16 @@ use std::path::PathBuf;
 use common::cluster;
 use kinc_init::bootstrap::render_kubeadm;
 use kinc_init::kubeadm::KubeadmConfig;
+use kinc_types::node::Cri;
 use kinc_types::ClusterConfig;
 
 fn golden(name: &str, cfg: &ClusterConfig, ip: Ipv4Addr) {
+    golden_with(name, cfg, ip, Cri::Crio)
+}
+
+fn golden_with(name: &str, cfg: &ClusterConfig, ip: Ipv4Addr, cri: Cri) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.yaml"));
-    let got = render_kubeadm(cfg, ip);
+    let got = render_kubeadm(cfg, ip, cri);
     if std::env::var_os("KINC_BLESS").is_some() {
         std::fs::write(&path, &got).unwrap();
     }
@@ -28,7 +33,7 @@ fn golden(name: &str, cfg: &ClusterConfig, ip: Ipv4Addr) {
     // The file parses back into the same typed documents (every field known).
     assert_eq!(
         KubeadmConfig::from_yaml(&got).unwrap(),
-        KubeadmConfig::new(cfg, ip)
+        KubeadmConfig::new(cfg, ip, cri)
     );
 }
 
@@ -60,9 +65,45 @@ fn extra_sans_and_dns_domain() {
     golden("edge-1", &cfg, Ipv4Addr::new(172, 16, 5, 9));
 }
 
+/// The offline image's runtime: only the two socket fields differ from `default.yaml`.
+#[test]
+fn containerd_node() {
+    golden_with(
+        "containerd",
+        &cluster("default", 6443),
+        Ipv4Addr::new(10, 88, 0, 2),
+        Cri::Containerd,
+    );
+    let ip = Ipv4Addr::new(10, 88, 0, 2);
+    let crio = render_kubeadm(&cluster("default", 6443), ip, Cri::Crio);
+    let containerd = render_kubeadm(&cluster("default", 6443), ip, Cri::Containerd);
+    let differ: Vec<(&str, &str)> = crio
+        .lines()
+        .zip(containerd.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(
+        differ,
+        [
+            (
+                "  criSocket: unix:///var/run/crio/crio.sock",
+                "  criSocket: unix:///run/containerd/containerd.sock"
+            ),
+            (
+                "containerRuntimeEndpoint: unix:///var/run/crio/crio.sock",
+                "containerRuntimeEndpoint: unix:///run/containerd/containerd.sock"
+            ),
+        ]
+    );
+}
+
 #[test]
 fn documents_have_kubeadms_kinds_and_the_rootless_settings() {
-    let yaml = render_kubeadm(&cluster("dev", 6444), Ipv4Addr::new(10, 88, 0, 2));
+    let yaml = render_kubeadm(
+        &cluster("dev", 6444),
+        Ipv4Addr::new(10, 88, 0, 2),
+        Cri::Crio,
+    );
     let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&yaml)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();

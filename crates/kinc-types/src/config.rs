@@ -19,7 +19,7 @@ pub const BAKED_CONFIG_DIR: &str = "/usr/share/kinc/config";
 pub const CONFIG_FILE: &str = "cluster.json";
 
 /// Kubernetes version the image carries and the config defaults to.
-pub const DEFAULT_KUBERNETES_VERSION: &str = "v1.33.5";
+pub const DEFAULT_KUBERNETES_VERSION: &str = crate::versions::KUBERNETES;
 /// The API server's port inside the node; the host publishes `api_port` to it.
 pub const NODE_API_PORT: u16 = 6443;
 

@@ -9,6 +9,7 @@ pub mod labels;
 pub mod name;
 pub mod node;
 pub mod status;
+pub mod versions;
 
 pub use config::ClusterConfig;
 pub use name::ClusterName;

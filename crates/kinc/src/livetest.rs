@@ -21,7 +21,7 @@ use kube::{Client, Config};
 use serde::Serialize;
 
 pub const STORAGE_CLASS: &str = "standard";
-pub const DEFAULT_TEST_IMAGE: &str = "docker.io/library/busybox:1.36";
+pub const DEFAULT_TEST_IMAGE: &str = "docker.io/library/busybox:1.37";
 const APP: &str = "kinc-test-web";
 const PORT: i32 = 8080;
 

@@ -120,7 +120,7 @@ pub(crate) mod tests {
                 "10.64.32.0/20".parse().unwrap(),
                 "10.64.48.0/20".parse().unwrap(),
             ),
-            image: "localhost/kinc/node:v1.33.5".into(),
+            image: "localhost/kinc/node:v1.33.13".into(),
             host_store: Some("/home/u/.local/share/containers/storage".into()),
             fuse: true,
         }
@@ -150,7 +150,7 @@ pub(crate) mod tests {
         ] {
             assert!(a.contains(want), "missing {want:?} in {a}");
         }
-        assert!(a.ends_with(" localhost/kinc/node:v1.33.5"), "{a}");
+        assert!(a.ends_with(" localhost/kinc/node:v1.33.13"), "{a}");
     }
 
     #[test]

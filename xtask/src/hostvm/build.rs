@@ -431,7 +431,7 @@ fn kernel_files(root: &Path) -> Result<(String, PathBuf, PathBuf)> {
 
 /// Removes a tree, refusing if anything is mounted below it (debootstrap mounts /proc and
 /// /sys in its target; a leftover mount must not be deleted through).
-fn remove_tree(dir: &Path) -> Result<()> {
+pub(crate) fn remove_tree(dir: &Path) -> Result<()> {
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let prefix = dir.to_string_lossy().into_owned();
     if let Some(m) = mounts
