@@ -8,6 +8,7 @@ pub(crate) mod config;
 mod e2e;
 mod e2e_checks;
 mod e2e_kinc;
+mod e2e_real;
 mod kernel;
 mod node;
 mod node_checks;

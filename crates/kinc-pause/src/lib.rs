@@ -36,7 +36,8 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    args.into_iter().any(|a| a.as_ref().eq_ignore_ascii_case("-v"))
+    args.into_iter()
+        .any(|a| a.as_ref().eq_ignore_ascii_case("-v"))
 }
 
 /// The signals pause acts on.
@@ -61,7 +62,7 @@ pub fn block_signals() -> nix::Result<SigSet> {
 /// SIGCHLD is not queued per child, so one signal may stand for many exits: loop until
 /// nothing is left. `__WALL` also collects children whose exit signal is not SIGCHLD.
 pub fn reap_children() -> usize {
-    let flags = WaitPidFlag::__WALL;
+    let flags = WaitPidFlag::WNOHANG | WaitPidFlag::__WALL;
     let mut reaped = 0;
     loop {
         match waitpid(Pid::from_raw(-1), Some(flags)) {

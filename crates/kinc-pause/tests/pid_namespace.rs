@@ -94,7 +94,10 @@ fn pid1_reaps_adopted_orphans_and_exits_0_on_sigterm() {
     let ready = got.is_ok() && wait_until(Duration::from_secs(10), || signals_blocked(pause));
     let nspid = status_field(pause, "NSpid");
     // Every orphan adopted at once, then every one reaped after it exits.
-    let adopted = ready && wait_until(Duration::from_secs(10), || children_of(pause).len() == ORPHANS);
+    let adopted = ready
+        && wait_until(Duration::from_secs(10), || {
+            children_of(pause).len() == ORPHANS
+        });
     let seen = children_of(pause);
     let reaped = adopted && wait_until(Duration::from_secs(10), || children_of(pause).is_empty());
     let left = children_of(pause);
@@ -111,7 +114,11 @@ fn pid1_reaps_adopted_orphans_and_exits_0_on_sigterm() {
 
     assert!(got.is_ok(), "launcher reported no pid: {status:?}");
     assert!(ready, "pause {pause} never blocked its signals: {status:?}");
-    assert_eq!(nspid, Some(format!("{pause}\t1")), "pause is not PID 1 of a new namespace");
+    assert_eq!(
+        nspid,
+        Some(format!("{pause}\t1")),
+        "pause is not PID 1 of a new namespace"
+    );
     assert!(adopted, "orphans not adopted by pause: {seen:?}");
     assert!(reaped, "exited orphans left as zombies: {left:?}");
     assert_eq!(

@@ -12,6 +12,8 @@ const EXITED: usize = 5;
 /// Runs in the forked child; returns 0 or the number of the failed check. Only
 /// async-signal-safe calls (no allocation): the test process has other threads.
 fn scenario() -> i32 {
+    // A reap that blocks would hang the test: die of SIGALRM instead.
+    unsafe { libc::alarm(20) };
     // One child that stays alive (blocked reading a pipe) until we close the write end.
     let Ok((rd, wr)) = pipe() else { return 1 };
     let sleeper = match unsafe { fork() } {
@@ -56,7 +58,12 @@ fn scenario() -> i32 {
         return 8;
     }
     drop(wr);
-    if waitid(Id::Pid(sleeper), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).is_err() {
+    if waitid(
+        Id::Pid(sleeper),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+    )
+    .is_err()
+    {
         return 9;
     }
     if kinc_pause::reap_children() != 1 {
@@ -87,6 +94,7 @@ fn reap_children_reaps_every_exited_child_and_counts_them() {
         WaitStatus::Exited(_, 8) => "a reap with only a live child returned non-zero",
         WaitStatus::Exited(_, 10) => "the late child was not reaped",
         WaitStatus::Exited(_, 11) => "children remained after the last reap",
+        WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGALRM, _) => "a reap blocked",
         _ => "setup failed (pipe, fork or waitid)",
     };
     panic!("{why}: {status:?}");

@@ -190,7 +190,8 @@ pub enum ExportCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum LoadCmd {
-    /// Make host images visible to the cluster's CRI-O (kind's `load docker-image`).
+    /// Make host images visible to the cluster's CRI, CRI-O or containerd (kind's
+    /// `load docker-image`).
     #[command(
         after_help = "Examples:\n  podman build -t localhost/myapp:dev . && kinc load image localhost/myapp:dev\n  kinc load image localhost/a:1 localhost/b:1 --name dev"
     )]

@@ -20,6 +20,18 @@ pub struct Model {
     /// (container, unit file): the container exists only while its Quadlet unit file
     /// does, as when removing and stopping the unit removes the container.
     pub quadlet_node: Option<(String, PathBuf)>,
+    /// The node's node image info file; None: no such file (a CRI-O node).
+    pub node_image_info: Option<String>,
+    /// The host directory behind the node's `/var`, where importers find archives.
+    pub node_var: Option<PathBuf>,
+    /// Mount destinations of every container (`container inspect`).
+    pub mounts: Vec<String>,
+    /// Images `crictl inspecti` finds in the node.
+    pub crictl_images: Vec<String>,
+    /// stderr of every `ctr` in the node; None: ctr succeeds.
+    pub ctr_fails: Option<String>,
+    /// (importer, content of the archive it was given) for each ctr or skopeo run.
+    pub imported: Vec<(String, String)>,
 }
 
 fn labels_of(args: &[String]) -> BTreeMap<String, String> {
@@ -144,6 +156,49 @@ impl Model {
                 CmdOutput::ok(format!("id-{name}\n"))
             }
             ["logs", ..] => CmdOutput::ok(self.logs.clone()),
+            ["container", "inspect", "--format", "json", _] => {
+                let m: Vec<_> = self
+                    .mounts
+                    .iter()
+                    .map(|d| serde_json::json!({"Destination": d}))
+                    .collect();
+                CmdOutput::ok(serde_json::json!([{ "Mounts": m }]).to_string())
+            }
+            // The archive holds its format and image, so an importer's read shows both.
+            ["save", "--format", format, "-o", path, img] => {
+                match std::fs::write(path, format!("{format} {img}")) {
+                    Ok(()) => CmdOutput::ok(""),
+                    Err(e) => CmdOutput::fail(125, format!("Error: writing {path}: {e}")),
+                }
+            }
+            ["exec", _, "cat", path] => match &self.node_image_info {
+                Some(text) if *path == kinc_types::node::NODE_IMAGE_INFO => {
+                    CmdOutput::ok(text.clone())
+                }
+                _ => CmdOutput::fail(1, format!("cat: {path}: No such file or directory")),
+            },
+            ["exec", _, "crictl", "inspecti", img] => {
+                if self.crictl_images.iter().any(|i| i == img) {
+                    CmdOutput::ok("{}")
+                } else {
+                    CmdOutput::fail(1, "no such image")
+                }
+            }
+            ["exec", _, importer @ ("ctr" | "skopeo"), args @ ..] => {
+                // The archive is the argument naming a file under the node's /var.
+                let content = args
+                    .iter()
+                    .find_map(|a| a.split_once("/var/"))
+                    .and_then(|(_, rest)| {
+                        std::fs::read_to_string(self.node_var.as_ref()?.join(rest)).ok()
+                    })
+                    .unwrap_or_else(|| "no archive".into());
+                self.imported.push((importer.to_string(), content));
+                match (&self.ctr_fails, *importer) {
+                    (Some(stderr), "ctr") => CmdOutput::fail(1, stderr.clone()),
+                    _ => CmdOutput::ok(""),
+                }
+            }
             _ => CmdOutput::fail(125, format!("fake podman: unexpected {c}")),
         }
     }

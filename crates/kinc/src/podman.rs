@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::runner::{RunError, Runner};
+use crate::runner::{CommandLine, RunError, Runner};
 
 pub const PODMAN: &str = "podman";
 
@@ -307,17 +307,68 @@ impl<R: Runner> Podman<R> {
         Ok(self.runner.run(PODMAN, &args)?.stdout_str())
     }
 
-    pub fn save_image(&self, image: &str, archive: &std::path::Path) -> Result<(), PodmanError> {
+    /// The text of a file in a running container (`podman exec NAME cat PATH`), or None
+    /// when the file does not exist there. Same precondition as [`Self::exec`].
+    pub fn read_file(&self, name: &str, path: &str) -> Result<Option<String>, PodmanError> {
+        let args = vec![s("exec"), s(name), s("cat"), s(path)];
+        let out = self.runner.try_run(PODMAN, &args)?;
+        if out.success() {
+            return Ok(Some(out.stdout_str()));
+        }
+        let stderr = out.stderr_str();
+        // Only cat's own "PATH: No such file" means absent: a failed exec of a missing
+        // `cat` also says "No such file", but not after PATH.
+        if stderr.contains(&format!("{path}: No such file")) {
+            return Ok(None);
+        }
+        Err(RunError::Failed {
+            cmd: CommandLine {
+                program: s(PODMAN),
+                args,
+            },
+            code: out.code,
+            stderr,
+        }
+        .into())
+    }
+
+    /// `podman save` of one image into an archive file of the given format.
+    pub fn save_image(
+        &self,
+        image: &str,
+        archive: &std::path::Path,
+        format: ArchiveFormat,
+    ) -> Result<(), PodmanError> {
         let args = vec![
             s("save"),
             s("--format"),
-            s("oci-archive"),
+            s(format.as_str()),
             s("-o"),
             archive.display().to_string(),
             s(image),
         ];
         self.runner.run(PODMAN, &args)?;
         Ok(())
+    }
+}
+
+/// The archive formats `podman save` writes that kinc uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    /// `oci-archive`: what skopeo copies into CRI-O's store.
+    OciArchive,
+    /// `docker-archive`: its `manifest.json` RepoTags name the image, which `ctr images
+    /// import` uses (podman's OCI archives carry no `io.containerd.image.name`).
+    DockerArchive,
+}
+
+impl ArchiveFormat {
+    /// The name `podman save --format` and skopeo's transports use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchiveFormat::OciArchive => "oci-archive",
+            ArchiveFormat::DockerArchive => "docker-archive",
+        }
     }
 }
 

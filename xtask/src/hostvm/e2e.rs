@@ -62,10 +62,16 @@ pub struct Check {
     /// The agent kills the check after this long (a hung command fails its check, not
     /// the whole run); several times what it takes under TCG on a loaded 2-core host.
     pub timeout_secs: u64,
+    /// Needs the offline node image (`cargo xtask image --offline`), which the host builds
+    /// and shares with the guest: a real cluster.
+    pub real: bool,
     /// Skipped when all of these are in the workspace: a kinc-* check proves the same on
     /// the node `kinc create` runs (the suite's time goes to what only it shows).
     pub covered_by: &'static [Binary],
 }
+
+/// Guest memory when a real cluster runs.
+pub const REAL_CLUSTER_MEMORY_MIB: u32 = 8192;
 
 /// Per-check limit unless a check says otherwise.
 pub const CHECK_TIMEOUT_SECS: u64 = 600;
@@ -78,7 +84,17 @@ const fn check(name: &'static str, about: &'static str, as_user: bool) -> Check 
         needs: &[],
         after_reboot: false,
         timeout_secs: CHECK_TIMEOUT_SECS,
+        real: false,
         covered_by: &[],
+    }
+}
+
+/// A check on a real cluster booted from the offline node image.
+const fn real(c: Check) -> Check {
+    Check {
+        real: true,
+        needs: &[KINC],
+        ..c
     }
 }
 
@@ -213,6 +229,35 @@ pub const CHECKS: &[Check] = &[
             true,
         ),
     ),
+    real(check(
+        "real-image",
+        "podman load of the offline node image (containerd, Kubernetes from Go modules)",
+        true,
+    )),
+    real(timeout(
+        1800,
+        check(
+            "real-create",
+            "kinc create cluster --wait on the real image: every bootstrap step done, node \
+             Ready, CoreDNS Available, the Quadlet unit active",
+            true,
+        ),
+    )),
+    real(check(
+        "real-use",
+        "kinc export kubeconfig, then kubectl with context kinc-real: the node Ready and \
+         every kube-system pod Running",
+        true,
+    )),
+    real(timeout(
+        1200,
+        check(
+            "real-test",
+            "kinc test on the real cluster: PVC bound and read back, pod-to-pod, ClusterIP \
+             Service, DNS, Deployment rollout",
+            true,
+        ),
+    )),
     after_reboot(unless_kinc(check(
         "quadlet-after-reboot",
         "after a reboot the Quadlet unit is active again by itself; then it is removed",
@@ -442,6 +487,22 @@ fn has_crate(krate: &str) -> bool {
         .is_file()
 }
 
+/// The offline node image and the kubectl built with it, for the real-cluster checks.
+fn build_offline_image() -> Result<Vec<(String, PathBuf)>> {
+    let out = crate::image::offline::default_output();
+    crate::image::run(vec![
+        "--offline".into(),
+        "--no-load".into(),
+        "--output".into(),
+        out.display().to_string(),
+    ])?;
+    let kubectl = crate::image::offline::built_go_binary("kubectl")?;
+    Ok(vec![
+        (super::e2e_real::ARCHIVE.to_string(), out),
+        ("bin/kubectl".to_string(), kubectl),
+    ])
+}
+
 /// Builds the workspace binaries the planned checks and the node image need.
 fn build_binaries(planned: &[Check]) -> Result<Vec<(String, PathBuf)>> {
     let mut wanted: Vec<Binary> = planned
@@ -487,7 +548,10 @@ pub fn run(args: E2eArgs) -> Result<()> {
             eprintln!("hostvm e2e: SKIP {}: {reason}", r.name);
         }
     }
-    let extra_files = build_binaries(&planned)?;
+    let mut extra_files = build_binaries(&planned)?;
+    if planned.iter().any(|c| c.real) {
+        extra_files.extend(build_offline_image()?);
+    }
     let built = ensure_built()?;
     let job = Job {
         steps: planned
@@ -515,6 +579,13 @@ pub fn run(args: E2eArgs) -> Result<()> {
         keep: args.keep,
         extra_files,
         allow_reboot: (0..planned.len()).any(|i| reboot_after(&planned, i)),
+        // A real control plane (etcd, API server, controller manager, scheduler, CoreDNS)
+        // next to the host's own services.
+        memory_mib: if planned.iter().any(|c| c.real) {
+            REAL_CLUSTER_MEMORY_MIB
+        } else {
+            RunOptions::default().memory_mib
+        },
         stream: !args.json,
         ..Default::default()
     };

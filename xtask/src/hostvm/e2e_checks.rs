@@ -12,10 +12,13 @@ use super::config::{DELEGATE_DROPIN, DELEGATE_DROPIN_PATH, NODE_TARBALL, TEST_UI
 use super::e2e::guest_bin;
 use super::node::NODE_XTASK;
 use super::node_checks::BUSYBOX;
-use kinc_types::node::{DEFAULT_NODE_IMAGE, REAL_CRUN};
+use kinc_types::node::REAL_CRUN;
 
 const ALL_CONTROLLERS: &[&str] = &["cpuset", "cpu", "io", "memory", "pids"];
 const STANDIN_BASE: &str = "localhost/kinc/node-standin:base";
+/// The stand-in node image the stand-in checks create clusters with (`--image`): the real
+/// offline image has kinc's default tag.
+pub const STANDIN_IMAGE: &str = "localhost/kinc/node-standin:e2e";
 const QUADLET_UNIT: &str = "kinc-e2e";
 const QUADLET_CONTAINER: &str = "kinc-e2e-quadlet";
 
@@ -45,6 +48,10 @@ pub fn guest_check(name: &str) -> Result<()> {
         "kinc-parallel" => super::e2e_kinc::parallel(),
         "kinc-interrupted" => super::e2e_kinc::interrupted(),
         "kinc-killed" => super::e2e_kinc::killed(),
+        "real-image" => super::e2e_real::image(),
+        "real-create" => super::e2e_real::create(),
+        "real-use" => super::e2e_real::use_cluster(),
+        "real-test" => super::e2e_real::live_test(),
         other => bail!("no end-to-end check named {other:?}"),
     };
     match &r {
@@ -411,13 +418,13 @@ fn node_image() -> Result<()> {
         "--pull=never",
         "--network=none",
         "-t",
-        DEFAULT_NODE_IMAGE,
+        STANDIN_IMAGE,
         "-f",
         &ctx.join("Containerfile").to_string_lossy(),
         &ctx.to_string_lossy(),
     ])?;
     println!("  podman build: {:.1} s", t.elapsed().as_secs_f64());
-    ok(&["podman", "image", "exists", DEFAULT_NODE_IMAGE])?;
+    ok(&["podman", "image", "exists", STANDIN_IMAGE])?;
     Ok(())
 }
 
@@ -535,7 +542,7 @@ fn run_node(name: &str, host_port: u16) -> Result<Container> {
         name,
         "--publish",
         &publish,
-        DEFAULT_NODE_IMAGE,
+        STANDIN_IMAGE,
     ])?;
     let c = Container(name.to_string());
     // `podman exec` right after `run` can come before systemd opened its bus: poll.
@@ -706,7 +713,7 @@ pub fn quadlet_file() -> String {
          Description=kinc e2e: the node stand-in under Quadlet\n\
          \n\
          [Container]\n\
-         Image={DEFAULT_NODE_IMAGE}\n\
+         Image={STANDIN_IMAGE}\n\
          ContainerName={QUADLET_CONTAINER}\n\
          PublishPort=127.0.0.1:16444:{}\n\
          \n\
@@ -816,7 +823,7 @@ mod tests {
     #[test]
     fn rendered_guest_files() {
         let q = quadlet_file();
-        assert!(q.contains(&format!("Image={DEFAULT_NODE_IMAGE}\n")));
+        assert!(q.contains(&format!("Image={STANDIN_IMAGE}\n")));
         assert!(q.contains("PublishPort=127.0.0.1:16444:6443"));
         assert!(q.contains("WantedBy=default.target"));
         let c = node_containerfile();

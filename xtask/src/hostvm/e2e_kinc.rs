@@ -12,7 +12,7 @@ use kinc_types::{labels, ClusterName};
 
 use super::config::TEST_USER;
 use super::e2e::guest_bin;
-use super::e2e_checks::{exec, ok, poll, quiet, sh};
+use super::e2e_checks::{exec, ok, poll, quiet, sh, STANDIN_IMAGE};
 
 pub const CLUSTER: &str = "e2e";
 const PARALLEL: &[&str] = &["par1", "par2", "par3"];
@@ -104,7 +104,7 @@ fn cluster_is_up(cluster: &str) -> Result<()> {
 }
 
 pub fn create() -> Result<()> {
-    ok(&[&kinc(), "create", "cluster", "--name", CLUSTER])?;
+    ok(&[&kinc(), "create", "cluster", "--name", CLUSTER, "--image", STANDIN_IMAGE])?;
     cluster_is_up(CLUSTER)?;
     let node = container_of(CLUSTER)?;
     super::e2e_checks::node_cgroup_namespace(&node)?;
@@ -155,7 +155,7 @@ pub fn delete() -> Result<()> {
 
 fn spawn_create(name: &str) -> Result<Child> {
     Command::new(kinc())
-        .args(["create", "cluster", "--name", name])
+        .args(["create", "cluster", "--name", name, "--image", STANDIN_IMAGE])
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting kinc create {name}"))

@@ -446,6 +446,21 @@ impl Offline {
     }
 }
 
+/// A Go program of the offline image, from the build cache (built if it is not there).
+pub fn built_go_binary(bin: &str) -> Result<PathBuf> {
+    let root = hb::workspace_root();
+    let env = GoEnv {
+        cache: cache_root(),
+    };
+    let go_version = env.version()?;
+    for c in gobuild::components() {
+        if c.programs.iter().any(|(_, b)| *b == bin) {
+            return Ok(gobuild::ensure_built(&env, &root.join("image/go"), &c, &go_version)?.join(bin));
+        }
+    }
+    bail!("no Go component builds {bin}")
+}
+
 /// The file an image gets in the node's images dir: its name made into a file name.
 pub fn image_file_name(name: &str) -> String {
     let last = name.rsplit('/').next().unwrap_or(name);
@@ -902,3 +917,8 @@ mod tests {
         assert!(s.env.contains(&"container=podman".to_string()));
     }
 }
+
+/// The golden kubeadm configs of kinc-init meet the real kubeadm of the offline image.
+#[cfg(test)]
+#[path = "kubeadm_tests.rs"]
+mod kubeadm_tests;
