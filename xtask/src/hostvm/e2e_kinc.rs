@@ -104,7 +104,15 @@ fn cluster_is_up(cluster: &str) -> Result<()> {
 }
 
 pub fn create() -> Result<()> {
-    ok(&[&kinc(), "create", "cluster", "--name", CLUSTER, "--image", STANDIN_IMAGE])?;
+    ok(&[
+        &kinc(),
+        "create",
+        "cluster",
+        "--name",
+        CLUSTER,
+        "--image",
+        STANDIN_IMAGE,
+    ])?;
     cluster_is_up(CLUSTER)?;
     let node = container_of(CLUSTER)?;
     super::e2e_checks::node_cgroup_namespace(&node)?;
@@ -155,7 +163,14 @@ pub fn delete() -> Result<()> {
 
 fn spawn_create(name: &str) -> Result<Child> {
     Command::new(kinc())
-        .args(["create", "cluster", "--name", name, "--image", STANDIN_IMAGE])
+        .args([
+            "create",
+            "cluster",
+            "--name",
+            name,
+            "--image",
+            STANDIN_IMAGE,
+        ])
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting kinc create {name}"))

@@ -38,9 +38,25 @@ fn diagnose(cluster: &str) {
     let _ = sh(&[&kinc(), "status", "--name", cluster]);
     let _ = sh(&["podman", "ps", "-a"]);
     let _ = sh(&["podman", "exec", &n, "systemctl", "--failed", "--no-legend"]);
-    for unit in ["kinc-init", "containerd", "kubelet", "kinc-prepare", "kinc-cgroup-setup"] {
+    for unit in [
+        "kinc-init",
+        "containerd",
+        "kubelet",
+        "kinc-prepare",
+        "kinc-cgroup-setup",
+    ] {
         let _ = sh(&[
-            "podman", "exec", &n, "journalctl", "--no-pager", "-o", "cat", "-n", "60", "-u", unit,
+            "podman",
+            "exec",
+            &n,
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            "-n",
+            "60",
+            "-u",
+            unit,
         ]);
     }
     let _ = sh(&[
@@ -116,23 +132,33 @@ fn all_steps_done(st: &BootstrapStatus) -> Result<()> {
         .map(|s| format!("{} ({:?})", s.name, s.state))
         .collect();
     ensure!(open.is_empty(), "bootstrap steps not done: {open:?}");
-    ensure!(st.phase == Phase::Ready, "phase is {:?}, not Ready", st.phase);
+    ensure!(
+        st.phase == Phase::Ready,
+        "phase is {:?}, not Ready",
+        st.phase
+    );
     Ok(())
 }
 
 /// `kinc create cluster --wait`: the real bootstrap to Ready.
 pub fn create() -> Result<()> {
     let t = Instant::now();
-    let r = ok(&[&kinc(), "create", "cluster", "--name", CLUSTER, "--wait", "25m"]);
+    let r = ok(&[
+        &kinc(),
+        "create",
+        "cluster",
+        "--name",
+        CLUSTER,
+        "--wait",
+        "25m",
+    ]);
     println!("  kinc create --wait: {:.1} s", t.elapsed().as_secs_f64());
     with_diagnostics(
         CLUSTER,
         r.and_then(|_| {
             let st = status(CLUSTER)?;
             all_steps_done(&st)?;
-            for unit in [
-                format!("kinc-{CLUSTER}-control-plane.service"),
-            ] {
+            for unit in [format!("kinc-{CLUSTER}-control-plane.service")] {
                 let state = quiet(&["systemctl", "--user", "is-active", &unit]).unwrap_or_default();
                 ensure!(state == "active", "{unit} is {state:?}, not active");
             }

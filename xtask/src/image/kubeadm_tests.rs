@@ -60,7 +60,10 @@ fn real_kubeadm_names_only_preloaded_images() {
         let names: Vec<&str> = text.lines().filter(|l| l.contains('/')).collect();
         assert_eq!(names.len(), 7, "{f}: {text}");
         for n in names {
-            assert!(preloaded.contains(&n.to_string()), "{f}: kubeadm wants {n}, not preloaded");
+            assert!(
+                preloaded.contains(&n.to_string()),
+                "{f}: kubeadm wants {n}, not preloaded"
+            );
         }
     }
 }

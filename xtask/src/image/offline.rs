@@ -455,7 +455,9 @@ pub fn built_go_binary(bin: &str) -> Result<PathBuf> {
     let go_version = env.version()?;
     for c in gobuild::components() {
         if c.programs.iter().any(|(_, b)| *b == bin) {
-            return Ok(gobuild::ensure_built(&env, &root.join("image/go"), &c, &go_version)?.join(bin));
+            return Ok(
+                gobuild::ensure_built(&env, &root.join("image/go"), &c, &go_version)?.join(bin),
+            );
         }
     }
     bail!("no Go component builds {bin}")
