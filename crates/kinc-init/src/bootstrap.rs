@@ -73,6 +73,18 @@ pub fn all_steps() -> Vec<&'static str> {
         .collect()
 }
 
+/// The node's address when podman gives it none kubeadm accepts (rootless podman's
+/// pasta on a host with no routable address hands out a link-local one): RFC 7600's IPv4
+/// dummy address, on a dummy link. Only the node's own network namespace sees it; pods
+/// reach it through their gateway, clients on the host through the published API port.
+pub const DUMMY_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 8);
+pub const DUMMY_LINK: &str = "kinc-node";
+
+/// kubeadm refuses loopback and link-local addresses as the API server's address.
+pub fn usable_node_ip(ip: Ipv4Addr) -> bool {
+    !(ip.is_loopback() || ip.is_link_local() || ip.is_unspecified())
+}
+
 const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane:NoSchedule-";
 
 /// containerd's CRI plugin never garbage-collects an image with this label (kubelet's
@@ -282,15 +294,29 @@ impl<'a> Bootstrap<'a> {
         t.status.boot = state.boots + 1;
         t.save()?;
 
+        let mut why_dummy = None;
         let ip = t.run(step::DETECT_NODE_IP, || {
-            let ip = (self.node_ip)()?;
+            let ip = match (self.node_ip)() {
+                Ok(ip) if usable_node_ip(ip) => ip,
+                found => {
+                    why_dummy = Some(match found {
+                        Ok(ip) => format!("{ip} is link-local, which kubeadm refuses"),
+                        Err(e) => e.to_string(),
+                    });
+                    self.ensure_dummy_node_ip()?
+                }
+            };
             state.cluster = Some(cfg.name.to_string());
             state.boots += 1;
             state.current_ip = Some(ip);
             state.save(&self.paths.node_state())?;
             Ok(ip)
         })?;
-        t.note(step::DETECT_NODE_IP, format!("node IP {ip}"))?;
+        let note = match why_dummy {
+            Some(why) => format!("node IP {ip} on link {DUMMY_LINK} ({why})"),
+            None => format!("node IP {ip}"),
+        };
+        t.note(step::DETECT_NODE_IP, note)?;
 
         t.run(step::RENDER_KUBEADM_CONFIG, || {
             let yaml = KubeadmConfig::new(&cfg, ip, image.cri).to_yaml();
@@ -400,6 +426,29 @@ impl<'a> Bootstrap<'a> {
     pub fn run_all(&self) -> Result<BootstrapStatus, InitError> {
         self.prepare()?;
         self.bootstrap()
+    }
+
+    /// Puts [`DUMMY_NODE_IP`] on a dummy link (made once; every call is idempotent) and
+    /// returns it.
+    fn ensure_dummy_node_ip(&self) -> Result<Ipv4Addr, InitError> {
+        let exists = self
+            .runner
+            .run(&Cmd::new("ip", ["link", "show", "dev", DUMMY_LINK]))?
+            .success();
+        if !exists {
+            self.runner.run_ok(&Cmd::new(
+                "ip",
+                ["link", "add", DUMMY_LINK, "type", "dummy"],
+            ))?;
+        }
+        let addr = format!("{DUMMY_NODE_IP}/32");
+        self.runner.run_ok(&Cmd::new(
+            "ip",
+            ["address", "replace", addr.as_str(), "dev", DUMMY_LINK],
+        ))?;
+        self.runner
+            .run_ok(&Cmd::new("ip", ["link", "set", "dev", DUMMY_LINK, "up"]))?;
+        Ok(DUMMY_NODE_IP)
     }
 
     fn kubectl<I, S>(&self, args: I) -> Cmd

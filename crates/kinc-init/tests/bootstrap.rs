@@ -354,3 +354,62 @@ fn bootstrap_without_prepare_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("kinc-init prepare"), "{err}");
 }
+
+/// Rootless podman's pasta on a host without a routable address gives the node a
+/// link-local address, which kubeadm refuses ("cannot use 169.254.2.1 as the bind
+/// address"): the node gets RFC 7600's dummy address on a dummy link instead.
+#[test]
+fn link_local_node_ip_is_replaced_by_the_dummy_address() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::new(&cfg);
+    let runner = healthy_runner(node.root().to_path_buf(), |c| {
+        // The dummy link does not exist yet.
+        (c.program == "ip"
+            && c.args.first().map(String::as_str) == Some("link")
+            && c.args.get(1).map(String::as_str) == Some("show"))
+        .then(|| fail(1, "Device \"kinc-node\" does not exist."))
+    });
+    let knob = IpKnob::new(std::net::Ipv4Addr::new(169, 254, 2, 1));
+    let status = boot(&node, &runner, &knob).unwrap();
+    let ip_calls: Vec<String> = calls(&node, &runner)
+        .into_iter()
+        .filter(|l| l.starts_with("ip "))
+        .collect();
+    assert_eq!(
+        ip_calls,
+        vec![
+            "ip link show dev kinc-node",
+            "ip link add kinc-node type dummy",
+            "ip address replace 192.0.0.8/32 dev kinc-node",
+            "ip link set dev kinc-node up",
+        ]
+    );
+    let yaml = std::fs::read_to_string(node.paths.kubeadm_config()).unwrap();
+    assert!(yaml.contains("advertiseAddress: 192.0.0.8"), "{yaml}");
+    assert!(
+        yaml.contains("value: 192.0.0.8"),
+        "kubelet's node-ip: {yaml}"
+    );
+    let note = message_of(&status, step::DETECT_NODE_IP);
+    assert!(
+        note.contains("192.0.0.8") && note.contains("169.254.2.1 is link-local"),
+        "{note}"
+    );
+}
+
+/// A routable address is used as it is, and no link is made.
+#[test]
+fn routable_node_ip_needs_no_dummy_link() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::new(&cfg);
+    let runner = node.healthy();
+    boot(&node, &runner, &IpKnob::new(ip(5))).unwrap();
+    assert!(calls(&node, &runner).iter().all(|l| !l.starts_with("ip ")));
+    assert!(kinc_init::bootstrap::usable_node_ip(ip(5)));
+    assert!(!kinc_init::bootstrap::usable_node_ip(
+        "169.254.0.1".parse().unwrap()
+    ));
+    assert!(!kinc_init::bootstrap::usable_node_ip(
+        "127.0.0.1".parse().unwrap()
+    ));
+}

@@ -458,9 +458,13 @@ impl<R: Runner> Kinc<R> {
                             progress.start(&key, &s.name);
                             waiting_for = format!("bootstrap step {:?}", s.name);
                         }
-                        StepState::Done | StepState::Skipped => {
+                        StepState::Done => {
                             progress.start(&key, &s.name);
                             progress.done(&key);
+                        }
+                        StepState::Skipped => {
+                            progress.start(&key, &s.name);
+                            progress.skipped(&key, s.message.as_deref().unwrap_or("skipped"));
                         }
                         StepState::Failed => {
                             progress.start(&key, &s.name);

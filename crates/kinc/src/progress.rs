@@ -1,7 +1,7 @@
 //! Progress for people, on stderr: a spinner per step with its elapsed time on a
 //! terminal, one line per finished step otherwise (logs, CI), nothing with `--quiet`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -14,6 +14,9 @@ type Step = (String, Instant, Option<ProgressBar>);
 pub struct Progress {
     mode: Mode,
     steps: Mutex<BTreeMap<String, Step>>,
+    /// Steps that ended: a caller that polls a status (kinc create reads the node's
+    /// status file every 400 ms) may report a step again; it is shown once.
+    ended: Mutex<BTreeSet<String>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,7 @@ impl Progress {
         Self {
             mode,
             steps: Mutex::new(BTreeMap::new()),
+            ended: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -49,6 +53,9 @@ impl Progress {
 
     /// Starts step `key` (again: only the message changes).
     pub fn start(&self, key: &str, msg: &str) {
+        if self.ended.lock().unwrap().contains(key) {
+            return;
+        }
         let mut steps = self.steps.lock().unwrap();
         if let Some((m, _, bar)) = steps.get_mut(key) {
             *m = msg.to_string();
@@ -78,6 +85,11 @@ impl Progress {
         self.end(key, "✗", Some(why));
     }
 
+    /// Ends a step that had nothing to do, with the reason.
+    pub fn skipped(&self, key: &str, why: &str) {
+        self.end(key, "-", Some(why));
+    }
+
     /// Ends every step still running as failed.
     pub fn fail_all(&self, why: &str) {
         let keys: Vec<String> = self
@@ -98,6 +110,7 @@ impl Progress {
         let Some((msg, t0, bar)) = steps.remove(key) else {
             return;
         };
+        self.ended.lock().unwrap().insert(key.to_string());
         let line = match why {
             Some(w) => format!(" {mark} {msg} ({}): {w}", fmt_elapsed(t0.elapsed())),
             None => format!(" {mark} {msg} ({})", fmt_elapsed(t0.elapsed())),
@@ -153,5 +166,21 @@ mod tests {
         p.start("b", "b");
         p.fail_all("interrupted");
         assert!(p.steps.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_ended_step_reported_again_is_not_started_again() {
+        let p = Progress::quiet();
+        p.start("step:load-config", "load-config");
+        p.done("step:load-config");
+        // The next poll of the status file says the same.
+        p.start("step:load-config", "load-config");
+        assert!(p.steps.lock().unwrap().is_empty());
+        p.start("step:x", "x");
+        p.skipped("step:x", "nothing to do");
+        p.start("step:x", "x");
+        assert!(p.steps.lock().unwrap().is_empty());
+        p.start("step:y", "y");
+        assert_eq!(p.steps.lock().unwrap().len(), 1);
     }
 }
