@@ -249,12 +249,33 @@ pub const CHECKS: &[Check] = &[
          every kube-system pod Running",
         true,
     )),
+    real(check(
+        "real-identity",
+        "a pod with runAsUser 1000 runs as uid 1000; its memory limit is in its cgroup \
+         below kubelet's root; crun-wrapper logged what it clamped",
+        true,
+    )),
+    real(check(
+        "real-load-image",
+        "an image built in the VM (busybox-static FROM scratch), kinc load image, runs as a \
+         pod with imagePullPolicy Never",
+        true,
+    )),
     real(timeout(
         1200,
         check(
             "real-test",
             "kinc test on the real cluster: PVC bound and read back, pod-to-pod, ClusterIP \
              Service, DNS, Deployment rollout",
+            true,
+        ),
+    )),
+    real(timeout(
+        900,
+        check(
+            "real-fail-fast",
+            "a create whose kubeadm init fails (a version kubeadm refuses) stops soon after, \
+             naming the step and kubeadm's error, and leaves no container, volume or unit",
             true,
         ),
     )),

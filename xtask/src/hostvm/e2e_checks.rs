@@ -52,6 +52,9 @@ pub fn guest_check(name: &str) -> Result<()> {
         "real-create" => super::e2e_real::create(),
         "real-use" => super::e2e_real::use_cluster(),
         "real-test" => super::e2e_real::live_test(),
+        "real-identity" => super::e2e_real::identity(),
+        "real-load-image" => super::e2e_real::load_image(),
+        "real-fail-fast" => super::e2e_real::fail_fast(),
         other => bail!("no end-to-end check named {other:?}"),
     };
     match &r {

@@ -39,7 +39,7 @@ fn label(container: &str, key: &str) -> Result<String> {
     ])
 }
 
-fn quadlet_files(cluster: &str) -> Vec<String> {
+pub(super) fn quadlet_files(cluster: &str) -> Vec<String> {
     let dir = format!("/home/{TEST_USER}/.config/containers/systemd");
     std::fs::read_dir(dir)
         .map(|rd| {

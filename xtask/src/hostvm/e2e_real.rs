@@ -158,7 +158,9 @@ pub fn create() -> Result<()> {
         r.and_then(|_| {
             let st = status(CLUSTER)?;
             all_steps_done(&st)?;
-            for unit in [format!("kinc-{CLUSTER}-control-plane.service")] {
+            let files = super::e2e_kinc::quadlet_files(CLUSTER);
+            ensure!(files.len() >= 3, "Quadlet files of {CLUSTER}: {files:?}");
+            for unit in files.iter().filter_map(|f| super::e2e_kinc::unit_for(f)) {
                 let state = quiet(&["systemctl", "--user", "is-active", &unit]).unwrap_or_default();
                 ensure!(state == "active", "{unit} is {state:?}, not active");
             }
@@ -234,5 +236,213 @@ pub fn live_test() -> Result<()> {
     let v: serde_json::Value =
         serde_json::from_str(&o.stdout).context("kinc test -o json is not JSON")?;
     println!("  kinc test: {v}");
+    Ok(())
+}
+
+/// Writes `doc` as JSON into the test user's home and `kubectl apply`s it.
+fn apply(cluster: &str, name: &str, doc: &serde_json::Value) -> Result<()> {
+    let path = format!("/home/{TEST_USER}/{name}.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(doc)?)
+        .with_context(|| format!("writing {path}"))?;
+    kc(cluster, &["apply", "-f", &path]).map(|_| ())
+}
+
+/// Waits until pod `ns/name` is in `phase` and returns the pod.
+fn pod_in_phase(cluster: &str, ns: &str, name: &str, phase: &str) -> Result<serde_json::Value> {
+    poll(
+        &format!("pod {ns}/{name} {phase}"),
+        Duration::from_secs(300),
+        || {
+            let text = quiet(&[
+                &kubectl(),
+                "--kubeconfig",
+                &kubeconfig_path(),
+                "--context",
+                &format!("kinc-{cluster}"),
+                "--namespace",
+                ns,
+                "get",
+                "pod",
+                name,
+                "-o",
+                "json",
+            ])?;
+            let p: serde_json::Value = serde_json::from_str(&text).ok()?;
+            (p["status"]["phase"] == phase).then_some(p)
+        },
+    )
+}
+
+fn busybox() -> String {
+    format!(
+        "docker.io/library/busybox:{}",
+        kinc_types::versions::BUSYBOX
+    )
+}
+
+/// A pod as uid 1000 runs as uid 1000 (crun-wrapper never changes identity), its memory
+/// limit lands in its cgroup below kubelet's root, and crun-wrapper logged what it
+/// clamped for real pods.
+pub fn identity() -> Result<()> {
+    let r = (|| {
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "kinc-identity", "namespace": "default"},
+            "spec": {
+                "securityContext": {"runAsUser": 1000, "runAsGroup": 3000},
+                "containers": [{
+                    "name": "c", "image": busybox(), "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", "id -u; id -g; sleep 3600"],
+                    "resources": {"limits": {"memory": "64Mi", "cpu": "250m"}}
+                }]
+            }
+        });
+        apply(CLUSTER, "identity", &pod)?;
+        let p = pod_in_phase(CLUSTER, "default", "kinc-identity", "Running")?;
+        let logs = poll("the pod's first lines", Duration::from_secs(60), || {
+            let l = kc(CLUSTER, &["logs", "kinc-identity"]).ok()?;
+            (l.lines().count() >= 2).then_some(l)
+        })?;
+        let ids: Vec<&str> = logs.lines().collect();
+        ensure!(
+            ids[0] == "1000" && ids[1] == "3000",
+            "id -u / id -g printed {ids:?}"
+        );
+        let uid = p["metadata"]["uid"].as_str().context("pod uid")?;
+        let n = node(CLUSTER);
+        let found = ok(&[
+            "podman",
+            "exec",
+            &n,
+            "find",
+            "/sys/fs/cgroup/kubelet",
+            "-maxdepth",
+            "4",
+            "-type",
+            "d",
+            "-name",
+            &format!("pod{uid}"),
+        ])?;
+        let dir = found
+            .lines()
+            .next()
+            .context("the pod's cgroup below /kubelet")?;
+        let max = ok(&["podman", "exec", &n, "cat", &format!("{dir}/memory.max")])?;
+        ensure!(max == "67108864", "{dir}/memory.max is {max}, not 64 MiB");
+        let log = ok(&["podman", "exec", &n, "cat", "/var/log/crun-wrapper.log"])?;
+        ensure!(
+            log.lines().count() > 0,
+            "crun-wrapper logged nothing for the real pods"
+        );
+        kc(CLUSTER, &["delete", "pod", "kinc-identity", "--wait=false"])?;
+        Ok(())
+    })();
+    with_diagnostics(CLUSTER, r)
+}
+
+/// An image built in the VM (busybox-static, FROM scratch) and `kinc load image`ed runs
+/// as a pod with `imagePullPolicy: Never`.
+pub fn load_image() -> Result<()> {
+    let ctx = format!("/home/{TEST_USER}/load-image");
+    let _ = std::fs::remove_dir_all(&ctx);
+    std::fs::create_dir_all(format!("{ctx}/rootfs/bin"))?;
+    std::fs::copy("/bin/busybox", format!("{ctx}/rootfs/bin/busybox"))
+        .context("copying busybox-static")?;
+    std::fs::write(
+        format!("{ctx}/Containerfile"),
+        "FROM scratch\nCOPY rootfs/ /\nCMD [\"/bin/busybox\", \"echo\", \"loaded by kinc\"]\n",
+    )?;
+    let img = "localhost/kinc-e2e/loaded:1";
+    ok(&[
+        "podman",
+        "build",
+        "--pull=never",
+        "--network=none",
+        "-t",
+        img,
+        &ctx,
+    ])?;
+    let r = (|| {
+        ok(&[&kinc(), "load", "image", img, "--name", CLUSTER])?;
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "kinc-loaded", "namespace": "default"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "c", "image": img, "imagePullPolicy": "Never"}]
+            }
+        });
+        apply(CLUSTER, "loaded", &pod)?;
+        pod_in_phase(CLUSTER, "default", "kinc-loaded", "Succeeded")?;
+        let logs = kc(CLUSTER, &["logs", "kinc-loaded"])?;
+        ensure!(logs.contains("loaded by kinc"), "logs: {logs}");
+        kc(CLUSTER, &["delete", "pod", "kinc-loaded"])?;
+        Ok(())
+    })();
+    with_diagnostics(CLUSTER, r)
+}
+
+/// A create whose bootstrap step fails (a Kubernetes version kubeadm refuses) stops soon
+/// after the failure with the step and kubeadm's message, and leaves nothing behind.
+pub fn fail_fast() -> Result<()> {
+    let cluster = "broken";
+    let cfg = format!("/home/{TEST_USER}/broken.yaml");
+    std::fs::write(&cfg, "kind: ClusterConfig\nkubernetesVersion: v1.31.0\n")?;
+    let t = Instant::now();
+    let o = sh(&[
+        &kinc(),
+        "create",
+        "cluster",
+        "--name",
+        cluster,
+        "--config",
+        &cfg,
+        "--wait",
+        "25m",
+    ])?;
+    let took = t.elapsed();
+    println!("  failed create took {:.1} s", took.as_secs_f64());
+    ensure!(o.code != 0, "a create kubeadm must refuse succeeded");
+    ensure!(
+        o.stderr.contains("kubeadm-init") && o.stderr.contains("kubeadm init"),
+        "the error does not name the failing step and command: {}",
+        o.stderr
+    );
+    // The node's own steps before kubeadm run at most a few minutes under emulation; a
+    // create that waited for --wait to run out would take 25.
+    ensure!(
+        took < Duration::from_secs(600),
+        "the failed create took {} s",
+        took.as_secs()
+    );
+    let left = ok(&[
+        "podman",
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=io.kinc.cluster={cluster}"),
+        "--format",
+        "{{.Names}}",
+    ])?;
+    ensure!(left.is_empty(), "containers left: {left}");
+    let vols = ok(&[
+        "podman",
+        "volume",
+        "ls",
+        "--filter",
+        &format!("label=io.kinc.cluster={cluster}"),
+        "--format",
+        "{{.Name}}",
+    ])?;
+    ensure!(vols.is_empty(), "volumes left: {vols}");
+    let units = std::fs::read_dir(format!("/home/{TEST_USER}/.config/containers/systemd"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(cluster))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    ensure!(units.is_empty(), "Quadlet files left: {units:?}");
     Ok(())
 }

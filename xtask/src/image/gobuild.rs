@@ -417,6 +417,78 @@ mod tests {
         );
     }
 
+    /// A module the proxy refuses fails in the download stage, naming the module, the
+    /// version and the proxy's answer, and leaves no cache entry behind. CRI-O is the real
+    /// case: the proxy answers 403 for every version, which is why the offline node runs
+    /// containerd.
+    #[test]
+    #[ignore = "needs Go and the module proxy"]
+    fn a_refused_module_is_a_clear_error_and_caches_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let go_root = d.path().join("go");
+        let m = go_root.join("crio");
+        fs::create_dir_all(&m).unwrap();
+        fs::write(
+            m.join("go.mod"),
+            "module kinc.dev/image/crio\n\ngo 1.24\n\nrequire github.com/cri-o/cri-o v1.34.11\n",
+        )
+        .unwrap();
+        // Sums are checked after the download, which is refused first.
+        let h = "h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+        fs::write(
+            m.join("go.sum"),
+            format!(
+                "github.com/cri-o/cri-o v1.34.11 {h}\ngithub.com/cri-o/cri-o v1.34.11/go.mod {h}\n"
+            ),
+        )
+        .unwrap();
+        let c = GoComponent {
+            dir: "crio",
+            module: "github.com/cri-o/cri-o",
+            version: "v1.34.11",
+            programs: vec![("github.com/cri-o/cri-o/cmd/crio", "crio")],
+            ldflags: vec![],
+            tags: &[],
+        };
+        let env = GoEnv {
+            cache: d.path().join("cache"),
+        };
+        let err = ensure_built(&env, &go_root, &c, "go-test")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("stage go-download")
+                && err.contains("github.com/cri-o/cri-o v1.34.11")
+                && err.contains("403"),
+            "{err}"
+        );
+        let left: Vec<_> = fs::read_dir(d.path().join("cache/go"))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "cache entries left: {left:?}");
+    }
+
+    #[test]
+    fn a_go_mod_that_disagrees_with_kinc_types_is_refused_before_building() {
+        let d = tempfile::tempdir().unwrap();
+        let m = d.path().join("etcd");
+        fs::create_dir_all(&m).unwrap();
+        fs::write(
+            m.join("go.mod"),
+            "module x\n\nrequire go.etcd.io/etcd/server/v3 v3.5.21\n",
+        )
+        .unwrap();
+        fs::write(m.join("go.sum"), "").unwrap();
+        let c = components().into_iter().find(|c| c.dir == "etcd").unwrap();
+        let env = GoEnv {
+            cache: d.path().join("cache"),
+        };
+        let err = ensure_built(&env, d.path(), &c, "go-test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("v3.5.21") && err.contains("v3.5.24"), "{err}");
+    }
+
     #[test]
     fn cache_key_tracks_inputs() {
         let c = &components()[1];
