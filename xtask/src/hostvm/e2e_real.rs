@@ -69,6 +69,54 @@ fn diagnose(cluster: &str) {
         "containers",
         "list",
     ]);
+    let kubectl_in_node = |args: &[&str]| {
+        let mut v = vec![
+            "podman",
+            "exec",
+            &n,
+            "kubectl",
+            "--kubeconfig",
+            "/etc/kubernetes/admin.conf",
+        ];
+        v.extend_from_slice(args);
+        let _ = sh(&v);
+    };
+    kubectl_in_node(&["get", "pods", "--all-namespaces", "-o", "wide"]);
+    kubectl_in_node(&[
+        "get",
+        "events",
+        "--all-namespaces",
+        "--sort-by=.lastTimestamp",
+    ]);
+    kubectl_in_node(&[
+        "describe",
+        "pods",
+        "--namespace",
+        "kube-system",
+        "-l",
+        "k8s-app=kube-dns",
+    ]);
+    for app in ["kube-dns", "kube-proxy"] {
+        kubectl_in_node(&[
+            "logs",
+            "--namespace",
+            "kube-system",
+            "-l",
+            &format!("k8s-app={app}"),
+            "--tail",
+            "40",
+        ]);
+    }
+    let _ = sh(&["podman", "exec", &n, "nft", "list", "tables"]);
+    let _ = sh(&[
+        "podman",
+        "exec",
+        &n,
+        "tail",
+        "-n",
+        "30",
+        "/var/log/crun-wrapper.log",
+    ]);
 }
 
 fn with_diagnostics(cluster: &str, r: Result<()>) -> Result<()> {
@@ -151,6 +199,8 @@ pub fn create() -> Result<()> {
         CLUSTER,
         "--wait",
         "25m",
+        // A failed bootstrap keeps the node, so the diagnostics can read it.
+        "--retain",
     ]);
     println!("  kinc create --wait: {:.1} s", t.elapsed().as_secs_f64());
     with_diagnostics(
