@@ -796,7 +796,103 @@ impl<'a> Bootstrap<'a> {
         self.retry("CoreDNS to be Available", self.timeouts.coredns, || {
             Ok(self.runner.run_ok(&cmd).map(|_| ())?)
         })
+        .map_err(|e| self.with_pod_states(e, "k8s-app=kube-dns"))
     }
+
+    /// Adds what the pods matching `selector` in kube-system are doing to a timeout, so the
+    /// status says why (a sandbox that cannot be created, a crash loop) and not only that.
+    fn with_pod_states(&self, e: InitError, selector: &str) -> InitError {
+        let InitError::Timeout { what, secs, last } = e else {
+            return e;
+        };
+        let cmd = self.kubectl([
+            "--namespace",
+            "kube-system",
+            "get",
+            "pods",
+            "--selector",
+            selector,
+            "--output",
+            "json",
+        ]);
+        let pods = match self.runner.run_ok(&cmd) {
+            Ok(out) => pod_states(&out.stdout),
+            Err(err) => format!("(listing the pods failed: {err})"),
+        };
+        InitError::Timeout {
+            what,
+            secs,
+            last: format!("{last}; pods {selector}: {pods}"),
+        }
+    }
+}
+
+/// One line per pod of a `kubectl get pods -o json` list: its phase and, for each
+/// container not ready, why (waiting reason and message, or the last termination).
+pub fn pod_states(json: &str) -> String {
+    use k8s_openapi::api::core::v1::Pod;
+    // kubectl prints `kind: List`, not `PodList`: only the items are read.
+    #[derive(serde::Deserialize)]
+    struct Items {
+        items: Vec<Pod>,
+    }
+    let list: Items = match serde_json::from_str(json) {
+        Ok(l) => l,
+        Err(e) => return format!("(unreadable pod list: {e})"),
+    };
+    if list.items.is_empty() {
+        return "none".to_string();
+    }
+    list.items
+        .iter()
+        .map(|p| {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let st = p.status.clone().unwrap_or_default();
+            let mut why = Vec::new();
+            for c in st.container_statuses.unwrap_or_default() {
+                if c.ready {
+                    continue;
+                }
+                let state = c.state.unwrap_or_default();
+                if let Some(w) = state.waiting {
+                    why.push(format!(
+                        "{} waiting: {} {}",
+                        c.name,
+                        w.reason.unwrap_or_default(),
+                        w.message.unwrap_or_default()
+                    ));
+                } else if let Some(t) = c.last_state.and_then(|l| l.terminated) {
+                    why.push(format!(
+                        "{} last exit {} {}",
+                        c.name,
+                        t.exit_code,
+                        t.reason.unwrap_or_default()
+                    ));
+                } else {
+                    why.push(format!("{} not ready", c.name));
+                }
+            }
+            for cond in st.conditions.unwrap_or_default() {
+                if cond.status == "False" && cond.message.is_some() {
+                    why.push(format!(
+                        "{}: {}",
+                        cond.type_,
+                        cond.message.unwrap_or_default()
+                    ));
+                }
+            }
+            format!(
+                "{name} {}{}",
+                st.phase.unwrap_or_default(),
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", why.join("; "))
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Writes `bytes` atomically with `mode`, creating the directory.

@@ -413,3 +413,57 @@ fn routable_node_ip_needs_no_dummy_link() {
         "127.0.0.1".parse().unwrap()
     ));
 }
+
+const COREDNS_PODS: &str = r#"{"apiVersion":"v1","kind":"List","metadata":{},"items":[
+ {"metadata":{"name":"coredns-a"},"status":{"phase":"Pending",
+   "conditions":[{"type":"Ready","status":"False","message":"containers with unready status: [coredns]"}],
+   "containerStatuses":[{"name":"coredns","ready":false,"restartCount":0,"image":"x","imageID":"",
+     "state":{"waiting":{"reason":"ContainerCreating","message":"failed to create pod sandbox"}}}]}},
+ {"metadata":{"name":"coredns-b"},"status":{"phase":"Running",
+   "containerStatuses":[{"name":"coredns","ready":false,"restartCount":3,"image":"x","imageID":"",
+     "state":{"running":{}},"lastState":{"terminated":{"exitCode":1,"reason":"Error"}}}]}}]}"#;
+
+/// A CoreDNS that never becomes Available fails its step with what its pods are doing.
+#[test]
+fn coredns_timeout_says_what_the_pods_are_doing() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::new(&cfg);
+    let runner = healthy_runner(node.root().to_path_buf(), |c| {
+        let line = c.args.join(" ");
+        if c.program != "kubectl" {
+            return None;
+        }
+        if line.contains("deployment/coredns") {
+            return Some(fail(1, "error: timed out waiting for the condition"));
+        }
+        if line.contains("get pods --selector k8s-app=kube-dns") {
+            return Some(kinc_init::runner::Output {
+                code: Some(0),
+                stdout: COREDNS_PODS.to_string(),
+                ..Default::default()
+            });
+        }
+        None
+    });
+    let err = boot(&node, &runner, &IpKnob::new(ip(5)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "coredns-a Pending (coredns waiting: ContainerCreating failed to create pod sandbox"
+        ) && err.contains("coredns-b Running (coredns last exit 1 Error)"),
+        "{err}"
+    );
+    let msg = message_of(&saved_status(&node), step::WAIT_COREDNS);
+    assert!(msg.contains("ContainerCreating"), "{msg}");
+}
+
+#[test]
+fn pod_states_of_an_empty_or_bad_list() {
+    use kinc_init::bootstrap::pod_states;
+    assert_eq!(
+        pod_states(r#"{"apiVersion":"v1","kind":"List","items":[]}"#),
+        "none"
+    );
+    assert!(pod_states("nonsense").starts_with("(unreadable pod list"));
+}
