@@ -270,6 +270,11 @@ pub const CHECKS: &[Check] = &[
             true,
         ),
     )),
+    real(check(
+        "real-persist",
+        "before the reboot: a PVC written by a pod, and a Deployment rolled out",
+        true,
+    )),
     real(timeout(
         900,
         check(
@@ -279,6 +284,20 @@ pub const CHECKS: &[Check] = &[
             true,
         ),
     )),
+    after_reboot(real(timeout(
+        1500,
+        check(
+            "real-after-reboot",
+            "after a reboot Quadlet brings the real node back: Ready again without a new \
+             kubeadm init, the Deployment and the PVC's data still there",
+            true,
+        ),
+    ))),
+    after_reboot(real(check(
+        "real-delete",
+        "kinc delete of the real cluster leaves no container, volume or unit",
+        true,
+    ))),
     after_reboot(unless_kinc(check(
         "quadlet-after-reboot",
         "after a reboot the Quadlet unit is active again by itself; then it is removed",

@@ -496,3 +496,131 @@ pub fn fail_fast() -> Result<()> {
     ensure!(units.is_empty(), "Quadlet files left: {units:?}");
     Ok(())
 }
+
+const KEEP_NS: &str = "kinc-keep";
+
+/// Before the reboot: a PVC on `standard` written by a pod, and a Deployment, both to be
+/// found again after it.
+pub fn persist_write() -> Result<()> {
+    let r = (|| {
+        let docs = serde_json::json!({
+            "apiVersion": "v1", "kind": "List", "items": [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEEP_NS}},
+                {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                 "metadata": {"name": "data", "namespace": KEEP_NS},
+                 "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "standard",
+                          "resources": {"requests": {"storage": "16Mi"}}}},
+                {"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": "writer", "namespace": KEEP_NS},
+                 "spec": {"restartPolicy": "Never",
+                          "containers": [{"name": "c", "image": busybox(), "imagePullPolicy": "Never",
+                                          "command": ["sh", "-c", "echo kept-across-reboot > /data/f"],
+                                          "volumeMounts": [{"name": "d", "mountPath": "/data"}]}],
+                          "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}},
+                {"apiVersion": "apps/v1", "kind": "Deployment",
+                 "metadata": {"name": "keep", "namespace": KEEP_NS},
+                 "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "keep"}},
+                          "template": {"metadata": {"labels": {"app": "keep"}},
+                                       "spec": {"containers": [{"name": "c", "image": busybox(),
+                                                                "imagePullPolicy": "Never",
+                                                                "command": ["sleep", "86400"]}]}}}}
+            ]
+        });
+        apply(CLUSTER, "keep", &docs)?;
+        pod_in_phase(CLUSTER, KEEP_NS, "writer", "Succeeded")?;
+        kc(
+            CLUSTER,
+            &[
+                "--namespace",
+                KEEP_NS,
+                "rollout",
+                "status",
+                "deployment/keep",
+                "--timeout=300s",
+            ],
+        )?;
+        Ok(())
+    })();
+    with_diagnostics(CLUSTER, r)
+}
+
+/// After the reboot: Quadlet brought the node back, the same cluster is Ready without a
+/// new `kubeadm init`, and the PVC's data and the Deployment are still there.
+pub fn after_reboot() -> Result<()> {
+    let r = (|| {
+        let st = poll(
+            "the real cluster Ready again",
+            Duration::from_secs(1200),
+            || {
+                let st = status(CLUSTER).ok()?;
+                (st.phase == Phase::Ready || st.phase == Phase::Failed).then_some(st)
+            },
+        )?;
+        all_steps_done(&st)?;
+        ensure!(st.boot >= 2, "boot {} after a reboot", st.boot);
+        let init = st
+            .step("kubeadm-init")
+            .context("no kubeadm-init step in the status")?;
+        ensure!(
+            init.state == kinc_types::StepState::Skipped,
+            "kubeadm-init is {:?} on boot {}: the cluster was initialised again",
+            init.state,
+            st.boot
+        );
+        kc(
+            CLUSTER,
+            &[
+                "--namespace",
+                KEEP_NS,
+                "rollout",
+                "status",
+                "deployment/keep",
+                "--timeout=600s",
+            ],
+        )?;
+        let reader = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "reader", "namespace": KEEP_NS},
+            "spec": {"restartPolicy": "Never",
+                     "containers": [{"name": "c", "image": busybox(), "imagePullPolicy": "Never",
+                                     "command": ["cat", "/data/f"],
+                                     "volumeMounts": [{"name": "d", "mountPath": "/data"}]}],
+                     "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}
+        });
+        apply(CLUSTER, "reader", &reader)?;
+        pod_in_phase(CLUSTER, KEEP_NS, "reader", "Succeeded")?;
+        let data = kc(CLUSTER, &["--namespace", KEEP_NS, "logs", "reader"])?;
+        ensure!(data == "kept-across-reboot", "the PVC holds {data:?}");
+        Ok(())
+    })();
+    with_diagnostics(CLUSTER, r)
+}
+
+/// `kinc delete` of the real cluster leaves no container, volume or unit.
+pub fn delete() -> Result<()> {
+    ok(&[&kinc(), "delete", "cluster", "--name", CLUSTER])?;
+    let filter = format!("label=io.kinc.cluster={CLUSTER}");
+    let left = ok(&[
+        "podman",
+        "ps",
+        "-a",
+        "--filter",
+        &filter,
+        "--format",
+        "{{.Names}}",
+    ])?;
+    ensure!(left.is_empty(), "containers left: {left}");
+    let vols = ok(&[
+        "podman",
+        "volume",
+        "ls",
+        "--filter",
+        &filter,
+        "--format",
+        "{{.Name}}",
+    ])?;
+    ensure!(vols.is_empty(), "volumes left: {vols}");
+    let units = super::e2e_kinc::quadlet_files(CLUSTER);
+    ensure!(units.is_empty(), "Quadlet files left: {units:?}");
+    Ok(())
+}
