@@ -704,7 +704,7 @@ mod tests {
             .filter(|i| reboot_after(&run, *i))
             .map(|i| run[i].name)
             .collect();
-        assert_eq!(at, ["kinc-node-kincnet"]);
+        assert_eq!(at, ["real-fail-fast"]);
         // Every after-reboot check comes after every other one.
         let first_after = CHECKS.iter().position(|c| c.after_reboot).unwrap();
         assert!(CHECKS[first_after..].iter().all(|c| c.after_reboot));
