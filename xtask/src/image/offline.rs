@@ -48,6 +48,8 @@ pub const NODE_PACKAGES: &[&str] = &[
     "ca-certificates",
     "fuse-overlayfs",
     "busybox-static",
+    // containerd's CRI brings up every pod's `lo` with the CNI `loopback` plugin.
+    "containernetworking-plugins",
     "ethtool",
     "socat",
 ];
@@ -873,6 +875,22 @@ mod tests {
         }
         assert!(seen >= 3, "found {seen} images in manifests/");
         assert_eq!(names.len(), 9);
+    }
+
+    #[test]
+    fn containerd_finds_the_loopback_plugin_next_to_kincnet() {
+        // containerd's CRI runs `loopback` for every pod from its one bin_dir.
+        let link = hb::workspace_root().join("image/offline/files/opt/cni/bin/loopback");
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            Path::new("/usr/lib/cni/loopback")
+        );
+        assert!(NODE_PACKAGES.contains(&"containernetworking-plugins"));
+        let cfg = fs::read_to_string(
+            hb::workspace_root().join("image/offline/files/etc/containerd/config.toml"),
+        )
+        .unwrap();
+        assert!(cfg.contains(&format!("bin_dir = \"{}\"", kinc_types::node::CNI_BIN_DIR)));
     }
 
     #[test]
