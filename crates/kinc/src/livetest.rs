@@ -461,4 +461,21 @@ mod tests {
             .unwrap();
         assert!(rt.block_on(client("clusters: [")).is_err());
     }
+
+    /// A TLS client can be built: rustls has its crypto provider (the first real cluster's
+    /// `kinc test` panicked here: "Could not automatically determine the process-level
+    /// CryptoProvider").
+    #[test]
+    fn https_client_builds() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/src/testdata/ca.pem");
+        let kc = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster:\n    server: https://127.0.0.1:1\n    certificate-authority: {ca}\ncontexts:\n- name: c\n  context: {{cluster: k, user: u}}\nusers:\n- name: u\n  user: {{token: t}}\n"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(client(&kc))
+            .expect("an HTTPS client for a kubeconfig with a CA");
+    }
 }
