@@ -262,6 +262,16 @@ pub const CHECKS: &[Check] = &[
         true,
     )),
     real(timeout(
+        900,
+        check(
+            "real-network",
+            "pod IPs from the pod CIDR through kincnet, a hostPort on the node's address, \
+             NetworkPolicy through kincnet-policy on real pods (default-deny, podSelector, \
+             namespaceSelector, ipBlock with except), each both ways",
+            true,
+        ),
+    )),
+    real(timeout(
         1200,
         check(
             "real-test",

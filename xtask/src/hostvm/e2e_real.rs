@@ -624,3 +624,209 @@ pub fn delete() -> Result<()> {
     ensure!(units.is_empty(), "Quadlet files left: {units:?}");
     Ok(())
 }
+
+/// A busybox pod: `httpd` on 8080 answering "ok" when `serve`, else asleep.
+fn np_pod(
+    ns: &str,
+    name: &str,
+    labels: serde_json::Value,
+    serve: bool,
+    host_port: Option<u16>,
+) -> serde_json::Value {
+    let cmd = if serve {
+        "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"
+    } else {
+        "exec sleep 86400"
+    };
+    let mut c = serde_json::json!({
+        "name": "c", "image": busybox(), "imagePullPolicy": "Never",
+        "command": ["sh", "-c", cmd]
+    });
+    if let Some(hp) = host_port {
+        c["ports"] = serde_json::json!([{"containerPort": 8080, "hostPort": hp}]);
+    }
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [c]}
+    })
+}
+
+fn pod_ip(ns: &str, name: &str) -> Result<String> {
+    let p = pod_in_phase(CLUSTER, ns, name, "Running")?;
+    p["status"]["podIP"]
+        .as_str()
+        .map(str::to_string)
+        .context("pod without an IP")
+}
+
+/// Whether `ns/from` gets "ok" from `ip:8080` within a few seconds.
+fn connects(ns: &str, from: &str, ip: &str) -> bool {
+    quiet(&[
+        &kubectl(),
+        "--kubeconfig",
+        &kubeconfig_path(),
+        "--context",
+        &format!("kinc-{CLUSTER}"),
+        "--namespace",
+        ns,
+        "exec",
+        from,
+        "--",
+        "wget",
+        "-q",
+        "-T",
+        "3",
+        "-O",
+        "-",
+        &format!("http://{ip}:8080/"),
+    ])
+    .is_some_and(|out| out.trim() == "ok")
+}
+
+/// Polls until every (namespace, from, to IP, expected) holds at once.
+fn expect_all(what: &str, cases: &[(&str, &str, &str, bool)]) -> Result<()> {
+    let mut last = Vec::new();
+    let r = poll(what, Duration::from_secs(180), || {
+        last = cases
+            .iter()
+            .map(|(ns, from, ip, want)| {
+                (
+                    format!("{ns}/{from} -> {ip}"),
+                    *want,
+                    connects(ns, from, ip),
+                )
+            })
+            .collect();
+        last.iter().all(|(_, want, got)| want == got).then_some(())
+    });
+    if r.is_err() {
+        bail!("{what}: (path, expected, got) {last:?}");
+    }
+    Ok(())
+}
+
+/// Pod IPs from the cluster's pod CIDR through kincnet, a hostPort on the node's address,
+/// and NetworkPolicy through kincnet-policy on real pods: default-deny, allows by
+/// podSelector, namespaceSelector and ipBlock with except, each both ways.
+pub fn network() -> Result<()> {
+    let r = (|| {
+        let nodes: serde_json::Value =
+            serde_json::from_str(&kc(CLUSTER, &["get", "nodes", "-o", "json"])?)?;
+        let node0 = &nodes["items"][0];
+        let cidr = node0["spec"]["podCIDR"]
+            .as_str()
+            .context("node podCIDR")?
+            .to_string();
+        let node_ip = node0["status"]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str())
+            .context("node InternalIP")?
+            .to_string();
+        let ns = |name: &str, team: &str| {
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "labels": {"team": team}}})
+        };
+        let none = serde_json::json!({});
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            ns("np-a", "a"), ns("np-b", "b"), ns("np-host", "host"),
+            np_pod("np-a", "server", serde_json::json!({"app": "server"}), true, None),
+            np_pod("np-a", "web", serde_json::json!({"app": "web"}), true, None),
+            np_pod("np-a", "front", serde_json::json!({"role": "frontend"}), false, None),
+            np_pod("np-a", "other", none.clone(), false, None),
+            np_pod("np-b", "client", none.clone(), false, None),
+            np_pod("np-host", "hp", serde_json::json!({"app": "hp"}), true, Some(18080)),
+        ]});
+        apply(CLUSTER, "np-pods", &list)?;
+        let server = pod_ip("np-a", "server")?;
+        let web = pod_ip("np-a", "web")?;
+        let front = pod_ip("np-a", "front")?;
+        let other = pod_ip("np-a", "other")?;
+        let client = pod_ip("np-b", "client")?;
+        let hp = pod_ip("np-host", "hp")?;
+        let subnet = super::e2e_kinc::parse_cidr(&cidr).context("podCIDR")?;
+        for ip in [&server, &web, &front, &other, &client, &hp] {
+            let host = super::e2e_kinc::parse_cidr(&format!("{ip}/32")).context("pod IP")?;
+            ensure!(
+                super::e2e_kinc::cidrs_overlap(subnet, host) && subnet.1 <= 32,
+                "pod IP {ip} is outside the pod CIDR {cidr}"
+            );
+        }
+        println!("  pod IPs in {cidr}: server {server}, web {web}, front {front}, other {other}, client {client}");
+        let got = poll(
+            "the hostPort answering on the node's address",
+            Duration::from_secs(120),
+            || {
+                quiet(&[
+                    "podman",
+                    "exec",
+                    &node(CLUSTER),
+                    "busybox",
+                    "wget",
+                    "-q",
+                    "-T",
+                    "3",
+                    "-O",
+                    "-",
+                    &format!("http://{node_ip}:18080/"),
+                ])
+                .filter(|o| o.trim() == "ok")
+            },
+        )?;
+        println!("  hostPort 18080 on {node_ip}: {got}");
+        expect_all(
+            "no policy: everything connects",
+            &[
+                ("np-a", "front", &server, true),
+                ("np-a", "other", &server, true),
+                ("np-b", "client", &server, true),
+                ("np-a", "front", &web, true),
+            ],
+        )?;
+        let np = |name: &str, selector: serde_json::Value, from: serde_json::Value| {
+            serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": name, "namespace": "np-a"},
+                "spec": {"podSelector": selector, "policyTypes": ["Ingress"], "ingress": from}})
+        };
+        let policies = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            np("default-deny", serde_json::json!({}), serde_json::json!([])),
+            np("allow-frontend", serde_json::json!({"matchLabels": {"app": "server"}}),
+               serde_json::json!([{"from": [{"podSelector": {"matchLabels": {"role": "frontend"}}}]}])),
+            np("allow-team-b", serde_json::json!({"matchLabels": {"app": "server"}}),
+               serde_json::json!([{"from": [{"namespaceSelector": {"matchLabels": {"team": "b"}}}]}])),
+            np("allow-block", serde_json::json!({"matchLabels": {"app": "web"}}),
+               serde_json::json!([{"from": [{"ipBlock": {"cidr": cidr, "except": [format!("{front}/32")]}}]}])),
+        ]});
+        apply(CLUSTER, "np-policies", &policies)?;
+        expect_all(
+            "policies in force",
+            &[
+                // podSelector: the frontend in, the unlabelled pod out.
+                ("np-a", "front", &server, true),
+                ("np-a", "other", &server, false),
+                // namespaceSelector: team b in.
+                ("np-b", "client", &server, true),
+                // ipBlock with except: the pod CIDR in, but not the excepted frontend.
+                ("np-b", "client", &web, true),
+                ("np-a", "other", &web, true),
+                ("np-a", "front", &web, false),
+            ],
+        )?;
+        kc(
+            CLUSTER,
+            &[
+                "delete",
+                "namespace",
+                "np-a",
+                "np-b",
+                "np-host",
+                "--wait=false",
+            ],
+        )?;
+        Ok(())
+    })();
+    with_diagnostics(CLUSTER, r)
+}
