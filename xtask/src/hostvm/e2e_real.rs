@@ -96,6 +96,15 @@ fn diagnose(cluster: &str) {
         "-l",
         "k8s-app=kube-dns",
     ]);
+    kubectl_in_node(&["get", "pvc,pv", "--all-namespaces", "-o", "wide"]);
+    kubectl_in_node(&[
+        "logs",
+        "--namespace",
+        "local-path-storage",
+        "deployment/local-path-provisioner",
+        "--tail",
+        "40",
+    ]);
     for app in ["kube-dns", "kube-proxy"] {
         kubectl_in_node(&[
             "logs",
