@@ -557,12 +557,15 @@ pub fn persist_write() -> Result<()> {
 /// new `kubeadm init`, and the PVC's data and the Deployment are still there.
 pub fn after_reboot() -> Result<()> {
     let r = (|| {
+        // Right after the reboot the status file is still the first boot's, until the
+        // node's kinc-prepare starts this boot's.
         let st = poll(
-            "the real cluster Ready again",
+            "the real cluster's second boot Ready",
             Duration::from_secs(1200),
             || {
                 let st = status(CLUSTER).ok()?;
-                (st.phase == Phase::Ready || st.phase == Phase::Failed).then_some(st)
+                (st.boot >= 2 && (st.phase == Phase::Ready || st.phase == Phase::Failed))
+                    .then_some(st)
             },
         )?;
         all_steps_done(&st)?;
