@@ -474,36 +474,7 @@ pub fn fail_fast() -> Result<()> {
         "the failed create took {} s",
         took.as_secs()
     );
-    let left = ok(&[
-        "podman",
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label=io.kinc.cluster={cluster}"),
-        "--format",
-        "{{.Names}}",
-    ])?;
-    ensure!(left.is_empty(), "containers left: {left}");
-    let vols = ok(&[
-        "podman",
-        "volume",
-        "ls",
-        "--filter",
-        &format!("label=io.kinc.cluster={cluster}"),
-        "--format",
-        "{{.Name}}",
-    ])?;
-    ensure!(vols.is_empty(), "volumes left: {vols}");
-    let units = std::fs::read_dir(format!("/home/{TEST_USER}/.config/containers/systemd"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.contains(cluster))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    ensure!(units.is_empty(), "Quadlet files left: {units:?}");
-    Ok(())
+    nothing_left(cluster)
 }
 
 const KEEP_NS: &str = "kinc-keep";
@@ -611,7 +582,12 @@ pub fn after_reboot() -> Result<()> {
 /// `kinc delete` of the real cluster leaves no container, volume or unit.
 pub fn delete() -> Result<()> {
     ok(&[&kinc(), "delete", "cluster", "--name", CLUSTER])?;
-    let filter = format!("label=io.kinc.cluster={CLUSTER}");
+    nothing_left(CLUSTER)
+}
+
+/// No container, volume or Quadlet file of `cluster` is left.
+fn nothing_left(cluster: &str) -> Result<()> {
+    let filter = format!("label=io.kinc.cluster={cluster}");
     let left = ok(&[
         "podman",
         "ps",
@@ -632,7 +608,7 @@ pub fn delete() -> Result<()> {
         "{{.Name}}",
     ])?;
     ensure!(vols.is_empty(), "volumes left: {vols}");
-    let units = super::e2e_kinc::quadlet_files(CLUSTER);
+    let units = super::e2e_kinc::quadlet_files(cluster);
     ensure!(units.is_empty(), "Quadlet files left: {units:?}");
     Ok(())
 }
