@@ -70,13 +70,19 @@ struct RawRuntimeConfig {
     port_mappings: Option<Vec<RawPortMapping>>,
 }
 
+/// containerd (go-cni) sends its mappings with Go's field names (`HostPort`, ...): Go's
+/// JSON decoding ignores case, so the reference plugins accept both; so does kincnet (the
+/// first real cluster's hostPort pods never got a sandbox without this).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawPortMapping {
+    #[serde(alias = "HostPort")]
     host_port: u32,
+    #[serde(alias = "ContainerPort")]
     container_port: u32,
+    #[serde(alias = "Protocol")]
     protocol: Option<String>,
-    #[serde(rename = "hostIP")]
+    #[serde(rename = "hostIP", alias = "HostIP")]
     host_ip: Option<String>,
 }
 
@@ -517,6 +523,21 @@ mod tests {
                 err.msg
             );
         }
+    }
+
+    /// What containerd 1.7 sends (go-cni's field names, an empty HostIP).
+    #[test]
+    fn containerd_port_mappings_parse() {
+        let c = parse(br#"{"cniVersion":"1.0.0","name":"kinc","type":"kincnet","ipam":{"subnet":"10.0.0.0/24"},"runtimeConfig":{"portMappings":[{"HostPort":18080,"ContainerPort":8080,"Protocol":"tcp","HostIP":""}]}}"#).unwrap();
+        assert_eq!(
+            c.port_mappings,
+            vec![PortMapping {
+                host_port: 18080,
+                container_port: 8080,
+                protocol: Proto::Tcp,
+                host_ip: None
+            }]
+        );
     }
 
     #[test]
