@@ -94,7 +94,6 @@ const fn check(name: &'static str, about: &'static str, as_user: bool) -> Check 
 }
 
 /// A check that does not pass yet (see [`Check::pending`]).
-#[allow(dead_code)]
 const fn pending(why: &'static str, c: Check) -> Check {
     Check {
         pending: Some(why),
@@ -274,30 +273,39 @@ pub const CHECKS: &[Check] = &[
          pod with imagePullPolicy Never",
         true,
     )),
-    real(timeout(
-        900,
-        check(
-            "real-network",
-            "pod IPs from the pod CIDR through kincnet, a hostPort on the node's address, \
-             NetworkPolicy through kincnet-policy on real pods (default-deny, podSelector, \
-             namespaceSelector, ipBlock with except), each both ways",
+    pending(
+        "containerd sends hostPort mappings with Go's field names, which kincnet now accepts but has not yet been seen passing in the VM; NetworkPolicy on real pods not yet seen either",
+        real(timeout(
+            900,
+            check(
+                "real-network",
+                "pod IPs from the pod CIDR through kincnet, a hostPort on the node's address, \
+                 NetworkPolicy through kincnet-policy on real pods (default-deny, podSelector, \
+                 namespaceSelector, ipBlock with except), each both ways",
+                true,
+            ),
+        ))
+    ),
+    pending(
+        "the PVC stays Pending (local-path-provisioner provisions nothing yet) and Service and DNS traffic from a pod to a pod behind a ClusterIP on the same bridge gets no reply: without br_netfilter the reply is bridged back and never un-DNATed",
+        real(timeout(
+            1200,
+            check(
+                "real-test",
+                "kinc test on the real cluster: PVC bound and read back, pod-to-pod, ClusterIP \
+                 Service, DNS, Deployment rollout",
+                true,
+            ),
+        ))
+    ),
+    pending(
+        "needs a PVC on standard, which stays Pending",
+        real(check(
+            "real-persist",
+            "before the reboot: a PVC written by a pod, and a Deployment rolled out",
             true,
-        ),
-    )),
-    real(timeout(
-        1200,
-        check(
-            "real-test",
-            "kinc test on the real cluster: PVC bound and read back, pod-to-pod, ClusterIP \
-             Service, DNS, Deployment rollout",
-            true,
-        ),
-    )),
-    real(check(
-        "real-persist",
-        "before the reboot: a PVC written by a pod, and a Deployment rolled out",
-        true,
-    )),
+        ))
+    ),
     real(timeout(
         900,
         check(
@@ -307,15 +315,18 @@ pub const CHECKS: &[Check] = &[
             true,
         ),
     )),
-    after_reboot(real(timeout(
-        1500,
-        check(
-            "real-after-reboot",
-            "after a reboot Quadlet brings the real node back: Ready again without a new \
-             kubeadm init, the Deployment and the PVC's data still there",
-            true,
-        ),
-    ))),
+    pending(
+        "reads the PVC that real-persist writes",
+        after_reboot(real(timeout(
+            1500,
+            check(
+                "real-after-reboot",
+                "after a reboot Quadlet brings the real node back: Ready again without a new \
+                 kubeadm init, the Deployment and the PVC's data still there",
+                true,
+            ),
+        )))
+    ),
     after_reboot(real(check(
         "real-delete",
         "kinc delete of the real cluster leaves no container, volume or unit",
@@ -609,6 +620,9 @@ pub fn run(args: E2eArgs) -> Result<()> {
         for c in CHECKS {
             let who = if c.as_user { "user" } else { "root" };
             println!("{:<22} {who:<4} {}", c.name, c.about);
+            if let Some(why) = c.pending {
+                println!("{:<27} PENDING: {why}", "");
+            }
         }
         return Ok(());
     }
