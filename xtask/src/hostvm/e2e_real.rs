@@ -479,6 +479,20 @@ pub fn fail_fast() -> Result<()> {
 
 const KEEP_NS: &str = "kinc-keep";
 
+/// The Deployment `keep` rolled out within `secs`.
+fn keep_rolled_out(secs: u64) -> Result<()> {
+    let timeout = format!("--timeout={secs}s");
+    let args = [
+        "--namespace",
+        KEEP_NS,
+        "rollout",
+        "status",
+        "deployment/keep",
+        &timeout,
+    ];
+    kc(CLUSTER, &args).map(|_| ())
+}
+
 /// Before the reboot: a PVC on `standard` written by a pod, and a Deployment, both to be
 /// found again after it.
 pub fn persist_write() -> Result<()> {
@@ -508,17 +522,7 @@ pub fn persist_write() -> Result<()> {
         });
         apply(CLUSTER, "keep", &docs)?;
         pod_in_phase(CLUSTER, KEEP_NS, "writer", "Succeeded")?;
-        kc(
-            CLUSTER,
-            &[
-                "--namespace",
-                KEEP_NS,
-                "rollout",
-                "status",
-                "deployment/keep",
-                "--timeout=300s",
-            ],
-        )?;
+        keep_rolled_out(300)?;
         Ok(())
     })();
     with_diagnostics(CLUSTER, r)
@@ -550,17 +554,7 @@ pub fn after_reboot() -> Result<()> {
             init.state,
             st.boot
         );
-        kc(
-            CLUSTER,
-            &[
-                "--namespace",
-                KEEP_NS,
-                "rollout",
-                "status",
-                "deployment/keep",
-                "--timeout=600s",
-            ],
-        )?;
+        keep_rolled_out(600)?;
         let reader = serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "reader", "namespace": KEEP_NS},
