@@ -144,6 +144,40 @@ fn cluster_manifests_make_standard_the_default_storage_class() {
     assert_eq!(sc.provisioner, "rancher.io/local-path");
 }
 
+/// local-path-provisioner runs its helper pods under the account it is told; left to its
+/// default ("local-path-provisioner-service-account") every PVC stayed Pending.
+#[test]
+fn local_path_helper_pods_run_under_an_account_that_exists() {
+    let docs = docs(&repo().join("manifests/cluster/local-path-storage.yaml"));
+    let accounts: Vec<String> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ServiceAccount")
+        .filter_map(|d| d["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    let dep: apps::v1::Deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .map(|d| serde_json::from_value(d.clone()).unwrap())
+        .expect("the provisioner's Deployment");
+    let pod = dep.spec.unwrap().template.spec.unwrap();
+    let sa = pod
+        .service_account_name
+        .clone()
+        .expect("serviceAccountName");
+    assert!(accounts.contains(&sa), "{sa} not in {accounts:?}");
+    let env = pod.containers[0].env.clone().unwrap_or_default();
+    let var = env
+        .iter()
+        .find(|e| e.name == "SERVICE_ACCOUNT_NAME")
+        .expect("SERVICE_ACCOUNT_NAME is set");
+    let from = var
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    assert_eq!(from, Some("spec.serviceAccountName"));
+}
+
 #[test]
 fn baked_cluster_config_is_valid() {
     let p = repo().join("image/files/usr/share/kinc/config/cluster.json");

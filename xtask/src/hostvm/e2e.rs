@@ -287,7 +287,7 @@ pub const CHECKS: &[Check] = &[
         ))
     ),
     pending(
-        "the PVC stays Pending (local-path-provisioner provisions nothing yet) and Service and DNS traffic from a pod to a pod behind a ClusterIP on the same bridge gets no reply: without br_netfilter the reply is bridged back and never un-DNATed",
+        "the PVC stayed Pending (local-path-provisioner asked for a service account that did not exist: fixed, not yet seen passing) and Service and DNS traffic from a pod to a pod behind a ClusterIP on the same bridge gets no reply: without br_netfilter the reply is bridged back and never un-DNATed",
         real(timeout(
             1200,
             check(
@@ -299,7 +299,7 @@ pub const CHECKS: &[Check] = &[
         ))
     ),
     pending(
-        "needs a PVC on standard, which stays Pending",
+        "needs a PVC on standard: the local-path fix is not yet seen passing in the VM",
         real(check(
             "real-persist",
             "before the reboot: a PVC written by a pod, and a Deployment rolled out",
