@@ -168,6 +168,7 @@ impl Offline {
                 go_bins.insert(b, dir.join(b));
             }
         }
+        verify_programs(&go_bins, &find_bin(rust_bins, PAUSE.bin)?)?;
         s.done(&go_version);
 
         // 3. base
@@ -812,6 +813,58 @@ pub fn ldd_paths(out: &str) -> Vec<String> {
         .collect()
 }
 
+/// What each program of the component images is run with, and what its output must
+/// contain: the version pinned in `kinc_types::versions`.
+pub fn version_probes() -> Vec<(&'static str, &'static [&'static str], String)> {
+    let k8s = format!("Kubernetes {}", v::KUBERNETES);
+    vec![
+        ("kube-apiserver", &["--version"][..], k8s.clone()),
+        ("kube-controller-manager", &["--version"], k8s.clone()),
+        ("kube-scheduler", &["--version"], k8s.clone()),
+        ("kube-proxy", &["--version"], k8s),
+        (
+            "etcd",
+            &["--version"],
+            format!("etcd Version: {}", v::ETCD.trim_start_matches('v')),
+        ),
+        (
+            "coredns",
+            &["-version"],
+            format!("CoreDNS-{}", v::COREDNS.trim_start_matches('v')),
+        ),
+        (
+            "local-path-provisioner",
+            &["--version"],
+            format!("version {}", v::LOCAL_PATH_PROVISIONER),
+        ),
+        ("pause", &["-v"], format!("pause version {}", v::PAUSE)),
+    ]
+}
+
+/// Every program the component images carry prints its pinned version.
+fn verify_programs(go: &BTreeMap<&'static str, PathBuf>, pause: &Path) -> Result<()> {
+    for (bin, args, want) in version_probes() {
+        let p = if bin == "pause" { pause } else { &go[bin] };
+        let o = Command::new(p)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", p.display()))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if !o.status.success() || !text.contains(&want) {
+            bail!(
+                "stage go: {bin} {} printed {:?}, not {want:?}",
+                args.join(" "),
+                text.trim()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Every Kubernetes binary in the staged node prints the pinned version.
 fn verify_versions(stage: &Path) -> Result<()> {
     for (bin, args) in [
@@ -891,6 +944,19 @@ mod tests {
         )
         .unwrap();
         assert!(cfg.contains(&format!("bin_dir = \"{}\"", kinc_types::node::CNI_BIN_DIR)));
+    }
+
+    #[test]
+    fn every_component_program_has_a_version_probe() {
+        let probes: Vec<&str> = version_probes().iter().map(|p| p.0).collect();
+        for c in gobuild::components() {
+            for (_, bin) in c.programs {
+                if !["kubeadm", "kubelet", "kubectl"].contains(&bin) {
+                    assert!(probes.contains(&bin), "{bin} has no version probe");
+                }
+            }
+        }
+        assert!(probes.contains(&"pause"));
     }
 
     #[test]
