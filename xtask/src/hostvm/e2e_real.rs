@@ -234,13 +234,26 @@ fn kubeconfig_path() -> String {
 
 /// kubectl against the exported context.
 fn kc(cluster: &str, args: &[&str]) -> Result<String> {
-    let ctx = format!("kinc-{cluster}");
-    let kcfg = kubeconfig_path();
-    let mut v = vec![kubectl()];
-    v.extend(["--kubeconfig".into(), kcfg, "--context".into(), ctx]);
+    let v = kc_argv(cluster, args);
+    ok(&v.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// [`kc`] without echoing, `None` on failure: for polls.
+fn kc_quiet(cluster: &str, args: &[&str]) -> Option<String> {
+    let v = kc_argv(cluster, args);
+    quiet(&v.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn kc_argv(cluster: &str, args: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        kubectl(),
+        "--kubeconfig".into(),
+        kubeconfig_path(),
+        "--context".into(),
+        format!("kinc-{cluster}"),
+    ];
     v.extend(args.iter().map(|s| s.to_string()));
-    let v: Vec<&str> = v.iter().map(String::as_str).collect();
-    ok(&v)
+    v
 }
 
 /// `kinc export kubeconfig`, then kubectl: the node Ready, every kube-system pod Running.
@@ -312,20 +325,10 @@ fn pod_in_phase(cluster: &str, ns: &str, name: &str, phase: &str) -> Result<serd
         &format!("pod {ns}/{name} {phase}"),
         Duration::from_secs(300),
         || {
-            let text = quiet(&[
-                &kubectl(),
-                "--kubeconfig",
-                &kubeconfig_path(),
-                "--context",
-                &format!("kinc-{cluster}"),
-                "--namespace",
-                ns,
-                "get",
-                "pod",
-                name,
-                "-o",
-                "json",
-            ])?;
+            let text = kc_quiet(
+                cluster,
+                &["--namespace", ns, "get", "pod", name, "-o", "json"],
+            )?;
             let p: serde_json::Value = serde_json::from_str(&text).ok()?;
             (p["status"]["phase"] == phase).then_some(p)
         },
@@ -644,25 +647,23 @@ fn pod_ip(ns: &str, name: &str) -> Result<String> {
 
 /// Whether `ns/from` gets "ok" from `ip:8080` within a few seconds.
 fn connects(ns: &str, from: &str, ip: &str) -> bool {
-    quiet(&[
-        &kubectl(),
-        "--kubeconfig",
-        &kubeconfig_path(),
-        "--context",
-        &format!("kinc-{CLUSTER}"),
-        "--namespace",
-        ns,
-        "exec",
-        from,
-        "--",
-        "wget",
-        "-q",
-        "-T",
-        "3",
-        "-O",
-        "-",
-        &format!("http://{ip}:8080/"),
-    ])
+    kc_quiet(
+        CLUSTER,
+        &[
+            "--namespace",
+            ns,
+            "exec",
+            from,
+            "--",
+            "wget",
+            "-q",
+            "-T",
+            "3",
+            "-O",
+            "-",
+            &format!("http://{ip}:8080/"),
+        ],
+    )
     .is_some_and(|out| out.trim() == "ok")
 }
 
