@@ -419,20 +419,27 @@ fn node_image() -> Result<()> {
     }
     std::fs::write(ctx.join("Containerfile"), node_containerfile())?;
     let t = Instant::now();
+    podman_build(STANDIN_IMAGE, &ctx)?;
+    println!("  podman build: {:.1} s", t.elapsed().as_secs_f64());
+    ok(&["podman", "image", "exists", STANDIN_IMAGE])?;
+    Ok(())
+}
+
+/// `podman build` of `ctx/Containerfile` as `tag`, with nothing pulled and no network:
+/// the VM has neither.
+pub(super) fn podman_build(tag: &str, ctx: &Path) -> Result<()> {
     ok(&[
         "podman",
         "build",
         "--pull=never",
         "--network=none",
         "-t",
-        STANDIN_IMAGE,
+        tag,
         "-f",
         &ctx.join("Containerfile").to_string_lossy(),
         &ctx.to_string_lossy(),
-    ])?;
-    println!("  podman build: {:.1} s", t.elapsed().as_secs_f64());
-    ok(&["podman", "image", "exists", STANDIN_IMAGE])?;
-    Ok(())
+    ])
+    .map(|_| ())
 }
 
 /// `zstd -dc TARBALL | podman import ... - IMAGE`: podman 5.4 computes a wrong DiffID when

@@ -415,15 +415,7 @@ pub fn load_image() -> Result<()> {
         "FROM scratch\nCOPY rootfs/ /\nCMD [\"/bin/busybox\", \"echo\", \"loaded by kinc\"]\n",
     )?;
     let img = "localhost/kinc-e2e/loaded:1";
-    ok(&[
-        "podman",
-        "build",
-        "--pull=never",
-        "--network=none",
-        "-t",
-        img,
-        &ctx,
-    ])?;
+    super::e2e_checks::podman_build(img, std::path::Path::new(&ctx))?;
     let r = (|| {
         ok(&[&kinc(), "load", "image", img, "--name", CLUSTER])?;
         let pod = serde_json::json!({
