@@ -17,9 +17,12 @@ use std::str::FromStr as _;
 
 use oci_spec::image::{
     Arch, ConfigBuilder, Descriptor, DescriptorBuilder, Digest, ImageConfiguration,
-    ImageConfigurationBuilder, ImageIndex, ImageIndexBuilder, ImageManifest, ImageManifestBuilder,
-    MediaType, OciLayoutBuilder, Os, PlatformBuilder, RootFsBuilder, Sha256Digest,
+    ImageConfigurationBuilder, ImageIndexBuilder, ImageManifestBuilder, MediaType,
+    OciLayoutBuilder, Os, PlatformBuilder, RootFsBuilder, Sha256Digest,
 };
+// Reading an archive back is for the tests: the build writes, kubelet and podman read.
+#[cfg(test)]
+use oci_spec::image::{ImageIndex, ImageManifest};
 use oci_spec::OciSpecError;
 use sha2::Digest as _;
 
@@ -38,7 +41,7 @@ pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 /// Blobs up to this size are kept in memory by [`read_index`]; JSON documents are far
 /// smaller, layers are skipped over.
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg(test)]
 const SMALL_BLOB: u64 = 4 << 20;
 
 /// One file-system entry of a layer built from [`LayerSource::Entries`]. `path` is the
@@ -148,7 +151,7 @@ pub enum OciError {
         source: serde_json::Error,
     },
     #[error("invalid image archive {path}: {reason}")]
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     BadArchive { path: PathBuf, reason: String },
 }
 
@@ -299,7 +302,7 @@ pub fn write_archive(
 /// the index names one manifest, that both name annotations agree, that the manifest and
 /// config blobs match their digests, and that every layer blob is present.
 // Only tests call it so far; it is meant for the image checks.
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg(test)]
 pub fn read_index(archive: &Path) -> Result<(String, ImageConfiguration), OciError> {
     let bad = |reason: String| OciError::BadArchive {
         path: archive.to_path_buf(),
@@ -382,7 +385,7 @@ pub fn read_index(archive: &Path) -> Result<(String, ImageConfiguration), OciErr
     Ok((name.clone(), config))
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg(test)]
 fn read_all(entry: &mut impl Read, archive: &Path) -> Result<Vec<u8>, OciError> {
     let mut buf = Vec::new();
     entry
@@ -520,7 +523,7 @@ fn to_json<T: serde::Serialize>(doc: &T, what: &'static str) -> Result<Vec<u8>, 
     serde_json::to_vec(&value).map_err(json)
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg(test)]
 fn sha256_hex(data: &[u8]) -> String {
     hex(&sha2::Sha256::digest(data))
 }
