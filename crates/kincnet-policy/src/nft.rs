@@ -34,8 +34,8 @@
 //! without ranges has no class entry and falls through to the drop.
 //!
 //! The forward hook runs after prerouting's DNAT, so service traffic is judged by pod
-//! addresses; bridged pod-to-pod traffic reaches it through br_netfilter
-//! (`net.bridge.bridge-nf-call-iptables=1`, which kincnet's node keeps on). Traffic the
+//! addresses; pod-to-pod traffic reaches it because kincnet isolates the bridge ports
+//! and the node routes between pods (no br_netfilter needed). Traffic the
 //! node itself sends (kubelet's probes) takes the output path and is never filtered.
 //! The checks end in `drop` rather than in a `!=` lookup, so a packet whose ports cannot
 //! be read (NFT_BREAK) is dropped, not waved through.

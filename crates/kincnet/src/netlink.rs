@@ -21,6 +21,9 @@ use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::neighbour_table::{
+    NeighbourTableAttribute, NeighbourTableMessage, NeighbourTableParameter,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -353,25 +356,48 @@ impl Netlink {
         .map(drop)
     }
 
-    /// Brings a bridge port up, with hairpin mode on if asked (so a pod can reach
-    /// itself through a DNAT), in one request.
-    pub fn set_port_up(&mut self, index: u32, hairpin: bool) -> NlResult<()> {
+    /// Brings a bridge port up, isolated if asked, with hairpin mode on if asked (so a pod can
+    /// reach itself through a DNAT), in one request. Isolated ports exchange no frames
+    /// with each other, only with the bridge itself: pod-to-pod traffic is routed by
+    /// the node (see `ensure_bridge`), so policy and Service NAT see every packet.
+    pub fn set_port_up(&mut self, index: u32, isolated: bool, hairpin: bool) -> NlResult<()> {
         let mut m = LinkMessage::default();
         m.header.index = index;
         m.header.flags = LinkFlags::Up;
         m.header.change_mask = LinkFlags::Up;
+        let mut port = vec![InfoBridgePort::Isolated(isolated)];
         if hairpin {
-            m.attributes.push(LinkAttribute::LinkInfo(vec![
-                LinkInfo::PortKind(InfoPortKind::Bridge),
-                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-                    true,
-                )])),
-            ]));
+            port.push(InfoBridgePort::HairpinMode(true));
         }
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(port)),
+        ]));
         // RTM_NEWLINK on an existing link is the path that applies port (slave) data.
         self.request(
-            || format!("set bridge port {index} up (hairpin {hairpin})"),
+            || format!("set bridge port {index} up (isolated {isolated}, hairpin {hairpin})"),
             RouteNetlinkMessage::NewLink(m),
+            0,
+        )
+        .map(drop)
+    }
+
+    /// Makes the link answer proxied ARP requests at once instead of after a random
+    /// delay of up to 0.8 s. Through netlink, because a netns owned by a user namespace
+    /// (a rootless node) has no `net/ipv4/neigh` sysctls.
+    pub fn set_arp_proxy_delay_zero(&mut self, index: u32) -> NlResult<()> {
+        let mut m = NeighbourTableMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.attributes = vec![
+            NeighbourTableAttribute::Name("arp_cache".into()),
+            NeighbourTableAttribute::Parms(vec![
+                NeighbourTableParameter::Ifindex(index),
+                NeighbourTableParameter::ProxyDelay(0),
+            ]),
+        ];
+        self.request(
+            || format!("set the ARP proxy delay of link {index} to 0"),
+            RouteNetlinkMessage::SetNeighbourTable(m),
             0,
         )
         .map(drop)

@@ -116,14 +116,41 @@ fn open_netns(path: &Path) -> std::io::Result<File> {
     File::open(path)
 }
 
-/// Writes "1" to a sysctl of the calling thread's netns unless it already is 1.
-fn sysctl_on(key: &str) -> CniResult<()> {
+/// Sets a sysctl of the calling thread's netns to a one-digit value unless it
+/// already has it (a read is cheaper than a write, and ADD runs this every time).
+fn sysctl(key: &str, value: u8) -> CniResult<()> {
     let path = format!("/proc/sys/{key}");
+    let want = b'0' + value;
     match std::fs::read(&path) {
-        Ok(v) if v.first() == Some(&b'1') => Ok(()),
-        _ => std::fs::write(&path, b"1")
-            .map_err(|e| CniError::new(Code::Io, format!("writing 1 to {path}: {e}"))),
+        Ok(v) if v.first() == Some(&want) && v.get(1).is_none_or(|c| *c == b'\n') => Ok(()),
+        _ => std::fs::write(&path, [want])
+            .map_err(|e| CniError::new(Code::Io, format!("writing {value} to {path}: {e}"))),
     }
+}
+
+fn sysctl_on(key: &str) -> CniResult<()> {
+    sysctl(key, 1)
+}
+
+/// Makes the node route pod-to-pod traffic instead of bridging it. Pod ports are
+/// isolated (`Netlink::set_port_up`), and the bridge answers a pod's ARP for another
+/// pod with its own MAC (`proxy_arp_pvlan`, at once: `proxy_delay` 0), so every
+/// packet between two pods crosses the node's IP stack: the forward hook (where
+/// NetworkPolicy is enforced) and conntrack (which un-DNATs a Service's reply). Without
+/// this, that needs br_netfilter, a module a rootless node can neither load nor rely on.
+/// Redirects are off, or the node would tell pods to go direct, which isolation forbids.
+/// Where the host has br_netfilter loaded, its netfilter calls are off in the node's
+/// netns: it would bridge a DNATed packet straight to another isolated port, which the
+/// bridge then drops.
+fn route_between_ports(nl: &mut Netlink, bridge: &Link, name: &str) -> CniResult<()> {
+    if Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        sysctl("net/bridge/bridge-nf-call-iptables", 0)?;
+    }
+    sysctl(&format!("net/ipv4/conf/{name}/proxy_arp_pvlan"), 1)?;
+    nl.set_arp_proxy_delay_zero(bridge.index)?;
+    // A redirect is sent when either the interface's or `all`'s value is on.
+    sysctl(&format!("net/ipv4/conf/{name}/send_redirects"), 0)?;
+    sysctl("net/ipv4/conf/all/send_redirects", 0)
 }
 
 fn ensure_bridge(nl: &mut Netlink, conf: &NetConf, fw: &dyn Firewall) -> CniResult<Link> {
@@ -144,6 +171,7 @@ fn ensure_bridge(nl: &mut Netlink, conf: &NetConf, fw: &dyn Firewall) -> CniResu
     if conf.is_gateway {
         nl.add_addr(link.index, gw_net)?;
         sysctl_on("net/ipv4/ip_forward")?;
+        route_between_ports(nl, &link, &conf.bridge)?;
     }
     // 127.0.0.1:hostPort is DNATed to a pod: the kernel drops such packets unless
     // route_localnet allows 127/8 to be routed.
@@ -259,7 +287,9 @@ fn set_up_pod(
     let h = nl
         .link_by_name(host)?
         .ok_or_else(|| CniError::generic(format!("veth {host} vanished after creation")))?;
-    nl.set_port_up(h.index, conf.hairpin)?;
+    // Isolated only when the node routes (it is the pods' gateway); else the bridge
+    // is all that connects them.
+    nl.set_port_up(h.index, conf.is_gateway, conf.hairpin)?;
     let mut pod = Netlink::open_in(ns).map_err(|e| {
         CniError::generic(format!(
             "entering CNI_NETNS {}: {e}",
