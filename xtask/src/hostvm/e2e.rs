@@ -306,6 +306,16 @@ pub const CHECKS: &[Check] = &[
             true,
         ))
     ),
+    pending("new: not yet seen passing in the VM", real(timeout(
+        2700,
+        check(
+            "real-two-clusters",
+            "a second cluster created while the first runs: both Ready, distinct API ports \
+             and CIDRs, pods in each reach only their own; deleting it leaves the first Ready \
+             and nothing of the second",
+            true,
+        ),
+    ))),
     real(timeout(
         900,
         check(
@@ -400,7 +410,7 @@ pub struct E2eArgs {
     #[arg(long)]
     pub list: bool,
     /// Kill the VM after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 3000)]
+    #[arg(long, value_name = "SECS", default_value_t = 4800)]
     pub timeout: u64,
     /// Keep the run directory (console log) for debugging.
     #[arg(long)]

@@ -629,18 +629,18 @@ fn np_pod(
     })
 }
 
-fn pod_ip(ns: &str, name: &str) -> Result<String> {
-    let p = pod_in_phase(CLUSTER, ns, name, "Running")?;
+fn pod_ip(cluster: &str, ns: &str, name: &str) -> Result<String> {
+    let p = pod_in_phase(cluster, ns, name, "Running")?;
     p["status"]["podIP"]
         .as_str()
         .map(str::to_string)
         .context("pod without an IP")
 }
 
-/// Whether `ns/from` gets "ok" from `ip:8080` within a few seconds.
-fn connects(ns: &str, from: &str, ip: &str) -> bool {
+/// Whether `ns/from` in `cluster` gets "ok" from `ip:8080` within a few seconds.
+fn connects(cluster: &str, ns: &str, from: &str, ip: &str) -> bool {
     kc_quiet(
-        CLUSTER,
+        cluster,
         &[
             "--namespace",
             ns,
@@ -659,8 +659,8 @@ fn connects(ns: &str, from: &str, ip: &str) -> bool {
     .is_some_and(|out| out.trim() == "ok")
 }
 
-/// Polls until every (namespace, from, to IP, expected) holds at once.
-fn expect_all(what: &str, cases: &[(&str, &str, &str, bool)]) -> Result<()> {
+/// Polls until every (namespace, from, to IP, expected) holds at once in `cluster`.
+fn expect_all(cluster: &str, what: &str, cases: &[(&str, &str, &str, bool)]) -> Result<()> {
     let mut last = Vec::new();
     let r = poll(what, Duration::from_secs(180), || {
         last = cases
@@ -669,7 +669,7 @@ fn expect_all(what: &str, cases: &[(&str, &str, &str, bool)]) -> Result<()> {
                 (
                     format!("{ns}/{from} -> {ip}"),
                     *want,
-                    connects(ns, from, ip),
+                    connects(cluster, ns, from, ip),
                 )
             })
             .collect();
@@ -716,12 +716,12 @@ pub fn network() -> Result<()> {
             np_pod("np-host", "hp", serde_json::json!({"app": "hp"}), true, Some(18080)),
         ]});
         apply(CLUSTER, "np-pods", &list)?;
-        let server = pod_ip("np-a", "server")?;
-        let web = pod_ip("np-a", "web")?;
-        let front = pod_ip("np-a", "front")?;
-        let other = pod_ip("np-a", "other")?;
-        let client = pod_ip("np-b", "client")?;
-        let hp = pod_ip("np-host", "hp")?;
+        let server = pod_ip(CLUSTER, "np-a", "server")?;
+        let web = pod_ip(CLUSTER, "np-a", "web")?;
+        let front = pod_ip(CLUSTER, "np-a", "front")?;
+        let other = pod_ip(CLUSTER, "np-a", "other")?;
+        let client = pod_ip(CLUSTER, "np-b", "client")?;
+        let hp = pod_ip(CLUSTER, "np-host", "hp")?;
         let subnet = super::e2e_kinc::parse_cidr(&cidr).context("podCIDR")?;
         for ip in [&server, &web, &front, &other, &client, &hp] {
             let host = super::e2e_kinc::parse_cidr(&format!("{ip}/32")).context("pod IP")?;
@@ -753,6 +753,7 @@ pub fn network() -> Result<()> {
         )?;
         println!("  hostPort 18080 on {node_ip}: {got}");
         expect_all(
+            CLUSTER,
             "no policy: everything connects",
             &[
                 ("np-a", "front", &server, true),
@@ -777,6 +778,7 @@ pub fn network() -> Result<()> {
         ]});
         apply(CLUSTER, "np-policies", &policies)?;
         expect_all(
+            CLUSTER,
             "policies in force",
             &[
                 // podSelector: the frontend in, the unlabelled pod out.
@@ -804,4 +806,133 @@ pub fn network() -> Result<()> {
         Ok(())
     })();
     with_diagnostics(CLUSTER, r)
+}
+
+/// The cluster created beside the first.
+const SECOND: &str = "real2";
+
+/// Two clusters side by side: a second one created while the first runs, both Ready with
+/// distinct API ports and CIDRs, pods in each reaching only their own; deleting the second
+/// leaves the first Ready and nothing of the second behind.
+pub fn two_clusters() -> Result<()> {
+    let t = Instant::now();
+    let created = ok(&[
+        &kinc(),
+        "create",
+        "cluster",
+        "--name",
+        SECOND,
+        "--wait",
+        "30m",
+        "--retain",
+    ]);
+    println!(
+        "  kinc create --name {SECOND} --wait (beside {CLUSTER}): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    with_diagnostics(
+        SECOND,
+        created.and_then(|_| all_steps_done(&status(SECOND)?)),
+    )?;
+    let r = (|| {
+        ok(&[&kinc(), "export", "kubeconfig", "--name", SECOND])?;
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(&[&kinc(), "get", "clusters", "-o", "json"])?)
+                .context("kinc get clusters -o json")?;
+        let info = |name: &str| -> Result<(u64, String, String)> {
+            let c = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["name"] == name)
+                .with_context(|| format!("{name} missing from kinc get clusters: {list}"))?;
+            let field = |f: &str| {
+                c[f].as_str()
+                    .map(str::to_string)
+                    .with_context(|| format!("{name}: no {f} in {c}"))
+            };
+            let port = c["apiPort"]
+                .as_u64()
+                .with_context(|| format!("{name}: no apiPort in {c}"))?;
+            Ok((port, field("podSubnet")?, field("serviceSubnet")?))
+        };
+        let (a, b) = (info(CLUSTER)?, info(SECOND)?);
+        println!("  {CLUSTER}: {a:?}; {SECOND}: {b:?}");
+        ensure!(a.0 != b.0, "both clusters on API port {}", a.0);
+        for (what, x, y) in [("pod", &a.1, &b.1), ("service", &a.2, &b.2)] {
+            let (x, y) = (
+                super::e2e_kinc::parse_cidr(x).context("CIDR")?,
+                super::e2e_kinc::parse_cidr(y).context("CIDR")?,
+            );
+            ensure!(
+                !super::e2e_kinc::cidrs_overlap(x, y),
+                "{what} CIDRs overlap: {x:?} {y:?}"
+            );
+        }
+        for c in [CLUSTER, SECOND] {
+            node_ready(c)?;
+        }
+        // A server and a client in each; each client reaches its own server only.
+        let pods = |cluster: &str| -> Result<String> {
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "two"}},
+                np_pod("two", "server", serde_json::json!({"app": "server"}), true, None),
+                np_pod("two", "client", serde_json::json!({}), false, None),
+            ]});
+            apply(cluster, &format!("two-{cluster}"), &list)?;
+            pod_ip(cluster, "two", "client")?;
+            pod_ip(cluster, "two", "server")
+        };
+        let (ip_a, ip_b) = (pods(CLUSTER)?, pods(SECOND)?);
+        expect_all(
+            CLUSTER,
+            "a pod reaches its own cluster's pod, not the other's",
+            &[
+                ("two", "client", &ip_a, true),
+                ("two", "client", &ip_b, false),
+            ],
+        )?;
+        expect_all(
+            SECOND,
+            "the same from the second cluster",
+            &[
+                ("two", "client", &ip_b, true),
+                ("two", "client", &ip_a, false),
+            ],
+        )?;
+        kc(CLUSTER, &["delete", "namespace", "two", "--wait=false"])?;
+        Ok(())
+    })();
+    let r = with_diagnostics(SECOND, r);
+    // The second cluster goes whatever happened, so later checks see one cluster.
+    let deleted = ok(&[&kinc(), "delete", "cluster", "--name", SECOND]);
+    r?;
+    deleted?;
+    nothing_left(SECOND)?;
+    with_diagnostics(
+        CLUSTER,
+        node_ready(CLUSTER).and_then(|_| {
+            let st = status(CLUSTER)?;
+            ensure!(
+                st.phase == Phase::Ready,
+                "{CLUSTER} is {:?} after {SECOND} was deleted",
+                st.phase
+            );
+            Ok(())
+        }),
+    )
+}
+
+/// The cluster's one node reports Ready.
+fn node_ready(cluster: &str) -> Result<()> {
+    let nodes: serde_json::Value =
+        serde_json::from_str(&kc(cluster, &["get", "nodes", "-o", "json"])?)?;
+    let ready = nodes["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|n| n["status"]["conditions"].as_array().into_iter().flatten())
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    ensure!(ready, "the node of {cluster} is not Ready");
+    Ok(())
 }
