@@ -11,7 +11,6 @@ mod e2e_kinc;
 mod e2e_real;
 mod kernel;
 mod node;
-mod node_checks;
 mod qemu;
 #[cfg(test)]
 mod testdir;
@@ -80,9 +79,6 @@ enum Cmd {
     /// Inside the guest: one end-to-end check.
     #[command(hide = true)]
     GuestCheck { name: String },
-    /// Inside the node container: one check run as its (user-namespaced) root.
-    #[command(hide = true)]
-    NodeCheck { name: String },
     /// Inside the node stand-in: write the bootstrap status file.
     #[command(hide = true)]
     FakeBootstrap,
@@ -140,7 +136,6 @@ pub fn run(args: Vec<String>) -> Result<()> {
         Cmd::E2e(a) => e2e::run(a),
         Cmd::GuestAgent { ctl } => agent::guest_main(&ctl),
         Cmd::GuestCheck { name } => e2e::guest_check(&name),
-        Cmd::NodeCheck { name } => node_checks::node_check(&name),
         Cmd::FakeBootstrap => node::fake_bootstrap(),
     }
 }

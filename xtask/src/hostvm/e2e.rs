@@ -68,9 +68,6 @@ pub struct Check {
     /// Needs the offline node image (`cargo xtask image --offline`), which the host builds
     /// and shares with the guest: a real cluster.
     pub real: bool,
-    /// Skipped when all of these are in the workspace: a kinc-* check proves the same on
-    /// the node `kinc create` runs (the suite's time goes to what only it shows).
-    pub covered_by: &'static [Binary],
 }
 
 /// Guest memory when a real cluster runs.
@@ -89,7 +86,6 @@ const fn check(name: &'static str, about: &'static str, as_user: bool) -> Check 
         timeout_secs: CHECK_TIMEOUT_SECS,
         pending: None,
         real: false,
-        covered_by: &[],
     }
 }
 
@@ -106,13 +102,6 @@ const fn real(c: Check) -> Check {
     Check {
         real: true,
         needs: &[KINC],
-        ..c
-    }
-}
-
-const fn unless_kinc(c: Check) -> Check {
-    Check {
-        covered_by: &[KINC],
         ..c
     }
 }
@@ -184,62 +173,6 @@ pub const CHECKS: &[Check] = &[
         "node-image",
         "podman import of the stand-in rootfs, plus a layer with the workspace binaries",
         true,
-    ),
-    unless_kinc(check(
-        "node-systemd",
-        "the stand-in runs systemd as PID 1 in a cgroup namespace (rw cgroup2, cpuset+io), \
-         writes the status file and answers HTTPS on 6443 published to 127.0.0.1 only",
-        true,
-    )),
-    unless_kinc(needs(
-        &[CGROUP_SETUP],
-        check(
-            "node-cgroup-setup",
-            "cgroup-setup in the node delegates every controller down to kubelet's cgroup root",
-            true,
-        ),
-    )),
-    unless_kinc(check(
-        "quadlet-start",
-        "a .container file becomes a unit via Quadlet, starts, runs systemd as PID 1",
-        true,
-    )),
-    needs(
-        &[KINC],
-        check(
-            "kinc-create",
-            "kinc create cluster: Quadlet units active, systemd PID 1 in a cgroup namespace \
-             (rw cgroup2 with cpuset and io), status steps, HTTPS on the API port, bound on \
-             127.0.0.1 only",
-            true,
-        ),
-    ),
-    needs(
-        &[KINC, CGROUP_SETUP],
-        check(
-            "kinc-node-cgroup-setup",
-            "in the node kinc runs: cgroup-setup delegated every controller down to kubelet's \
-             cgroup root",
-            true,
-        ),
-    ),
-    needs(
-        &[KINC, CRUN_WRAPPER],
-        check(
-            "kinc-node-crun-wrapper",
-            "in the node, as its userns root: crun-wrapper runs a CRI-O-shaped pod spec that \
-             plain crun refuses there, as the uid/gid it asks, in a cgroup below kubelet's root",
-            true,
-        ),
-    ),
-    needs(
-        &[KINC, KINCNET],
-        check(
-            "kinc-node-kincnet",
-            "in the node: kincnet ADDs two netns pods on its bridge, they ping and TCP each \
-             other, a hostPort answers; DEL leaves no veth, IPAM record or nft element",
-            true,
-        ),
     ),
     real(check(
         "real-image",
@@ -342,35 +275,6 @@ pub const CHECKS: &[Check] = &[
         "kinc delete of the real cluster leaves no container, volume or unit",
         true,
     ))),
-    after_reboot(unless_kinc(check(
-        "quadlet-after-reboot",
-        "after a reboot the Quadlet unit is active again by itself; then it is removed",
-        true,
-    ))),
-    after_reboot(needs(
-        &[KINC],
-        check(
-            "kinc-after-reboot",
-            "after a reboot the cluster is back without a new create",
-            true,
-        ),
-    )),
-    after_reboot(needs(
-        &[KINC, KINCNET],
-        check(
-            "kincnet-version",
-            "kincnet answers the CNI VERSION command inside the node",
-            true,
-        ),
-    )),
-    after_reboot(needs(
-        &[KINC],
-        check(
-            "kinc-delete",
-            "kinc delete removes the units, the container and the volumes",
-            true,
-        ),
-    )),
     after_reboot(needs(
         &[KINC],
         timeout(
@@ -459,7 +363,6 @@ pub fn plan(
             .filter(|b| !has_crate(b.krate))
             .map(|b| b.krate)
             .collect();
-        let covered = !c.covered_by.is_empty() && c.covered_by.iter().all(|b| has_crate(b.krate));
         if let Some(why) = c.pending.filter(|_| !only.iter().any(|o| o == c.name)) {
             skipped.push(Row {
                 name: c.name.to_string(),
@@ -467,20 +370,6 @@ pub fn plan(
                     reason: format!(
                         "PENDING, does not pass yet ({why}); run it with --only {}",
                         c.name
-                    ),
-                },
-            });
-        } else if covered {
-            skipped.push(Row {
-                name: c.name.to_string(),
-                verdict: Verdict::Skip {
-                    reason: format!(
-                        "covered by the kinc-* checks (crates/{} present)",
-                        c.covered_by
-                            .iter()
-                            .map(|b| b.krate)
-                            .collect::<Vec<_>>()
-                            .join(", crates/")
                     ),
                 },
             });
@@ -582,7 +471,7 @@ fn has_crate(krate: &str) -> bool {
 }
 
 /// The offline node image and the kubectl built with it, for the real-cluster checks.
-fn build_offline_image() -> Result<Vec<(String, PathBuf)>> {
+pub(crate) fn build_offline_image() -> Result<Vec<(String, PathBuf)>> {
     let out = crate::image::offline::default_output();
     crate::image::run(vec![
         "--offline".into(),
@@ -728,34 +617,23 @@ mod tests {
     fn plan_skips_checks_whose_crate_is_missing_and_filters() {
         let (run, skipped) = plan(CHECKS, &[], |k| k == "kinc");
         assert!(run.iter().any(|c| c.name == "kinc-doctor-before"));
-        assert!(!run.iter().any(|c| c.name == "node-cgroup-setup"));
         let reason = |name: &str| match &skipped.iter().find(|r| r.name == name).unwrap().verdict {
             Verdict::Skip { reason } => reason.clone(),
             v => panic!("{name}: {v:?}"),
         };
-        assert_eq!(
-            reason("kinc-node-cgroup-setup"),
-            "not in this workspace: crates/cgroup-setup"
+        assert!(reason("real-two-clusters").starts_with("PENDING"));
+        let (run, skipped) = plan(CHECKS, &["kinc-".into()], |_| true);
+        assert!(run.iter().all(|c| c.name.contains("kinc-")));
+        assert!(skipped.is_empty());
+        let (run, _) = plan(
+            CHECKS,
+            &["real-create".into(), "real-delete".into()],
+            |_| true,
         );
-        // With kinc, the stand-in-only checks give way to the kinc-* ones.
-        assert_eq!(
-            reason("node-systemd"),
-            "covered by the kinc-* checks (crates/kinc present)"
-        );
-        assert!(!run.iter().any(|c| c.name.starts_with("quadlet-")));
-        let (run, skipped) = plan(CHECKS, &["quadlet-".into()], |_| false);
         assert_eq!(run.len(), 2);
         assert!(reboot_after(&run, 0) && !reboot_after(&run, 1));
-        assert!(skipped.is_empty());
-        let (run, _) = plan(CHECKS, &["quadlet-start".into()], |_| false);
+        let (run, _) = plan(CHECKS, &["real-create".into()], |_| true);
         assert!(!reboot_after(&run, 0), "nothing runs after it: no reboot");
-        // Without kinc the reboot moves to the last check that does run before it.
-        let (run, _) = plan(CHECKS, &[], |_| false);
-        let at: Vec<&str> = (0..run.len())
-            .filter(|i| reboot_after(&run, *i))
-            .map(|i| run[i].name)
-            .collect();
-        assert_eq!(at, ["quadlet-start"]);
         let (run, _) = plan(CHECKS, &[], |_| true);
         let at: Vec<&str> = (0..run.len())
             .filter(|i| reboot_after(&run, *i))
@@ -816,10 +694,11 @@ mod tests {
         ));
         assert!(matches!(rows[2].verdict, Verdict::Skip { .. }));
         assert!(rows.iter().any(|r| r.verdict == Verdict::NotRun));
-        let mut after = res("quadlet-after-reboot", 0);
-        assert!(reboot_happened(&run, &[res("boot", 0), after.clone()]).is_err());
+        let (all, _) = plan(CHECKS, &[], |_| true);
+        let mut after = res("kinc-parallel", 0);
+        assert!(reboot_happened(&all, &[res("boot", 0), after.clone()]).is_err());
         after.boot_id = "b2".into();
-        assert!(reboot_happened(&run, &[res("boot", 0), after]).is_ok());
+        assert!(reboot_happened(&all, &[res("boot", 0), after]).is_ok());
         let table = render_table(&rows);
         assert!(table.contains("PASS  boot"), "{table}");
         assert!(table.contains("SKIP  kinc-doctor-before"), "{table}");

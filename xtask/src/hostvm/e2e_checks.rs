@@ -11,17 +11,16 @@ use anyhow::{bail, ensure, Context, Result};
 use super::config::{DELEGATE_DROPIN, DELEGATE_DROPIN_PATH, NODE_TARBALL, TEST_UID, TEST_USER};
 use super::e2e::guest_bin;
 use super::node::NODE_XTASK;
-use super::node_checks::BUSYBOX;
 use kinc_types::node::REAL_CRUN;
+
+/// The busybox-static the VM image carries, copied into images the checks build.
+pub const BUSYBOX: &str = "/usr/local/lib/kinc-e2e/busybox";
 
 const ALL_CONTROLLERS: &[&str] = &["cpuset", "cpu", "io", "memory", "pids"];
 const STANDIN_BASE: &str = "localhost/kinc/node-standin:base";
 /// The stand-in node image the stand-in checks create clusters with (`--image`): the real
 /// offline image has kinc's default tag.
 pub const STANDIN_IMAGE: &str = "localhost/kinc/node-standin:e2e";
-const QUADLET_UNIT: &str = "kinc-e2e";
-const QUADLET_CONTAINER: &str = "kinc-e2e-quadlet";
-
 pub fn guest_check(name: &str) -> Result<()> {
     let t = Instant::now();
     let r = match name {
@@ -34,17 +33,6 @@ pub fn guest_check(name: &str) -> Result<()> {
         "podman-rootless" => podman_rootless(),
         "provision" => provision(),
         "node-image" => node_image(),
-        "node-systemd" => node_systemd(),
-        "node-cgroup-setup" => node_cgroup_setup(),
-        "quadlet-start" => quadlet_start(),
-        "quadlet-after-reboot" => quadlet_after_reboot(),
-        "kinc-create" => super::e2e_kinc::create(),
-        "kinc-node-cgroup-setup" => super::e2e_kinc::node_cgroup_setup(),
-        "kinc-node-crun-wrapper" => super::e2e_kinc::in_node("crun-wrapper"),
-        "kinc-node-kincnet" => super::e2e_kinc::in_node("kincnet"),
-        "kinc-after-reboot" => super::e2e_kinc::after_reboot(),
-        "kincnet-version" => super::e2e_kinc::kincnet_version(),
-        "kinc-delete" => super::e2e_kinc::delete(),
         "kinc-parallel" => super::e2e_kinc::parallel(),
         "kinc-interrupted" => super::e2e_kinc::interrupted(),
         "kinc-killed" => super::e2e_kinc::killed(),
@@ -534,57 +522,6 @@ pub fn ldd_paths(ldd: &str) -> Vec<String> {
         .collect()
 }
 
-/// A running container, removed on drop (also when a check fails halfway).
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = quiet(&["podman", "rm", "-f", "-t", "0", &self.0]);
-    }
-}
-
-fn run_node(name: &str, host_port: u16) -> Result<Container> {
-    let _ = quiet(&["podman", "rm", "-f", "-t", "0", name]);
-    let publish = format!(
-        "127.0.0.1:{host_port}:{}",
-        kinc_types::config::NODE_API_PORT
-    );
-    ok(&[
-        "podman",
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--publish",
-        &publish,
-        STANDIN_IMAGE,
-    ])?;
-    let c = Container(name.to_string());
-    // `podman exec` right after `run` can come before systemd opened its bus: poll.
-    let state = poll("systemd in the node up", Duration::from_secs(180), || {
-        let s = quiet_any(&["podman", "exec", name, "systemctl", "is-system-running"])?;
-        matches!(s.as_str(), "running" | "degraded").then_some(s)
-    })?;
-    if state == "degraded" {
-        sh(&[
-            "podman",
-            "exec",
-            name,
-            "systemctl",
-            "--failed",
-            "--no-legend",
-        ])?;
-    }
-    Ok(c)
-}
-
-/// Stdout whatever the exit status (is-system-running exits 1 when degraded).
-fn quiet_any(argv: &[&str]) -> Option<String> {
-    let (prog, args) = argv.split_first()?;
-    let out = Command::new(prog).args(args).output().ok()?;
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 /// `podman exec NAME ARGV...` of a read-only command, failing unless it succeeds. Exit
 /// 125 is podman's own failure (a known, rare conmon flake), not the command's: that is
 /// tried once more, and the log shows both attempts.
@@ -615,55 +552,6 @@ fn node_status(name: &str) -> Result<kinc_types::BootstrapStatus> {
     })
 }
 
-fn node_systemd() -> Result<()> {
-    let name = "kinc-e2e-node";
-    let port = 16443;
-    let _c = run_node(name, port)?;
-    node_cgroup_namespace(name)?;
-    let st = node_status(name)?;
-    println!(
-        "  status: phase {:?}, steps {:?}",
-        st.phase,
-        st.steps
-            .iter()
-            .map(|s| (&s.name, s.state))
-            .collect::<Vec<_>>()
-    );
-    ensure!(st.is_ready(), "bootstrap status is not ready: {st:?}");
-    https_answers(port)?;
-    let listen = ok(&["ss", "-Hltn"])?;
-    ensure!(
-        listen.contains(&format!("127.0.0.1:{port} ")),
-        "nothing listens on 127.0.0.1:{port}"
-    );
-    ensure!(
-        !listen.contains(&format!("0.0.0.0:{port} ")) && !listen.contains(&format!("*:{port} ")),
-        "port {port} is bound beyond 127.0.0.1"
-    );
-    Ok(())
-}
-
-/// The fake API server answers HTTPS on `127.0.0.1:port`.
-pub(super) fn https_answers(port: u16) -> Result<()> {
-    let url = format!("https://127.0.0.1:{port}/");
-    let code = poll("HTTPS on the API port", Duration::from_secs(60), || {
-        let c = quiet(&[
-            "curl",
-            "-sk",
-            "--max-time",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &url,
-        ])?;
-        (c == "200").then_some(c)
-    })?;
-    println!("  {url} -> HTTP {code}");
-    Ok(())
-}
-
 /// systemd is PID 1 of the node, in its own cgroup namespace with a rw cgroup2 holding
 /// every controller kinc needs.
 pub(super) fn node_cgroup_namespace(name: &str) -> Result<()> {
@@ -691,12 +579,6 @@ pub(super) fn node_cgroup_namespace(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn node_cgroup_setup() -> Result<()> {
-    let name = "kinc-e2e-cgsetup";
-    let _c = run_node(name, 16445)?;
-    cgroup_setup_done(name)
-}
-
 /// The bootstrap's cgroup-setup step is done and kubelet's cgroup root has every
 /// controller.
 pub(super) fn cgroup_setup_done(name: &str) -> Result<()> {
@@ -722,101 +604,6 @@ pub(super) fn cgroup_setup_done(name: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn quadlet_file() -> String {
-    format!(
-        "[Unit]\n\
-         Description=kinc e2e: the node stand-in under Quadlet\n\
-         \n\
-         [Container]\n\
-         Image={STANDIN_IMAGE}\n\
-         ContainerName={QUADLET_CONTAINER}\n\
-         PublishPort=127.0.0.1:16444:{}\n\
-         \n\
-         [Install]\n\
-         WantedBy=default.target\n",
-        kinc_types::config::NODE_API_PORT
-    )
-}
-
-fn quadlet_dir() -> String {
-    format!("/home/{TEST_USER}/.config/containers/systemd")
-}
-
-fn quadlet_start() -> Result<()> {
-    let dir = quadlet_dir();
-    std::fs::create_dir_all(&dir)?;
-    let file = format!("{dir}/{QUADLET_UNIT}.container");
-    std::fs::write(&file, quadlet_file())?;
-    println!("  wrote {file}");
-    let t = Instant::now();
-    ok(&["systemctl", "--user", "daemon-reload"])?;
-    println!("  daemon-reload: {:.1} s", t.elapsed().as_secs_f64());
-    let unit = format!("{QUADLET_UNIT}.service");
-    let text = ok(&["systemctl", "--user", "cat", &unit])?;
-    ensure!(
-        text.contains("podman"),
-        "generated unit does not run podman"
-    );
-    let t = Instant::now();
-    ok(&["systemctl", "--user", "start", &unit])?;
-    println!("  start: {:.1} s", t.elapsed().as_secs_f64());
-    quadlet_is_up(&unit)
-}
-
-fn quadlet_is_up(unit: &str) -> Result<()> {
-    poll("Quadlet unit active", Duration::from_secs(180), || {
-        (quiet(&["systemctl", "--user", "is-active", unit])? == "active").then_some(())
-    })?;
-    let running = ok(&[
-        "podman",
-        "inspect",
-        "-f",
-        "{{.State.Running}}",
-        QUADLET_CONTAINER,
-    ])?;
-    ensure!(
-        running == "true",
-        "container {QUADLET_CONTAINER} is not running"
-    );
-    poll(
-        "systemd in the Quadlet node up",
-        Duration::from_secs(180),
-        || {
-            let s = quiet_any(&[
-                "podman",
-                "exec",
-                QUADLET_CONTAINER,
-                "systemctl",
-                "is-system-running",
-            ])?;
-            matches!(s.as_str(), "running" | "degraded").then_some(())
-        },
-    )?;
-    ensure!(
-        exec(QUADLET_CONTAINER, &["cat", "/proc/1/comm"])? == "systemd",
-        "PID 1 of the Quadlet node is not systemd"
-    );
-    Ok(())
-}
-
-fn quadlet_after_reboot() -> Result<()> {
-    let unit = format!("{QUADLET_UNIT}.service");
-    ok(&["cat", "/proc/sys/kernel/random/boot_id"])?;
-    let up = quadlet_is_up(&unit);
-    // Clean up whatever happened, then report.
-    let _ = sh(&["systemctl", "--user", "stop", &unit]);
-    let _ = std::fs::remove_file(format!("{}/{QUADLET_UNIT}.container", quadlet_dir()));
-    let _ = sh(&["systemctl", "--user", "daemon-reload"]);
-    let _ = quiet(&["podman", "rm", "-f", "-t", "0", QUADLET_CONTAINER]);
-    up?;
-    let gone = sh(&["systemctl", "--user", "cat", &unit])?;
-    ensure!(
-        gone.code != 0,
-        "{unit} still exists after its .container file was removed"
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -837,10 +624,6 @@ mod tests {
 
     #[test]
     fn rendered_guest_files() {
-        let q = quadlet_file();
-        assert!(q.contains(&format!("Image={STANDIN_IMAGE}\n")));
-        assert!(q.contains("PublishPort=127.0.0.1:16444:6443"));
-        assert!(q.contains("WantedBy=default.target"));
         let c = node_containerfile();
         assert!(c.starts_with(&format!("FROM {STANDIN_BASE}\n")));
         assert!(!c.contains("RUN"), "the layer must build without a runtime");

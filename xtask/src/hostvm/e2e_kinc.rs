@@ -7,14 +7,13 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use kinc_types::{labels, ClusterName};
 
 use super::config::TEST_USER;
 use super::e2e::guest_bin;
 use super::e2e_checks::{exec, ok, poll, quiet, sh, STANDIN_IMAGE};
 
-pub const CLUSTER: &str = "e2e";
 const PARALLEL: &[&str] = &["par1", "par2", "par3"];
 const INTERRUPTED: &str = "halfway";
 const KILLED: &str = "cut";
@@ -67,7 +66,7 @@ fn running(container: &str) -> bool {
 }
 
 /// The node is up, its units are active, its API port is bound on 127.0.0.1 only.
-fn cluster_is_up(cluster: &str) -> Result<()> {
+pub(super) fn cluster_is_up(cluster: &str) -> Result<()> {
     let node = container_of(cluster)?;
     poll("node container running", Duration::from_secs(180), || {
         running(&node).then_some(())
@@ -103,35 +102,6 @@ fn cluster_is_up(cluster: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn create() -> Result<()> {
-    ok(&[
-        &kinc(),
-        "create",
-        "cluster",
-        "--name",
-        CLUSTER,
-        "--image",
-        STANDIN_IMAGE,
-    ])?;
-    cluster_is_up(CLUSTER)?;
-    let node = container_of(CLUSTER)?;
-    super::e2e_checks::node_cgroup_namespace(&node)?;
-    let port: u16 = label(&node, labels::API_PORT)?
-        .parse()
-        .context("the API port label")?;
-    super::e2e_checks::https_answers(port)
-}
-
-/// cgroup-setup ran in the node kinc made (privileged, `--cgroupns=private`, Quadlet).
-pub fn node_cgroup_setup() -> Result<()> {
-    super::e2e_checks::cgroup_setup_done(&container_of(CLUSTER)?)
-}
-
-pub fn after_reboot() -> Result<()> {
-    ok(&["cat", "/proc/sys/kernel/random/boot_id"])?;
-    cluster_is_up(CLUSTER)
-}
-
 /// `kinc delete` leaves no unit, container or volume of the cluster.
 fn assert_gone(cluster: &str) -> Result<()> {
     let node = container_of(cluster)?;
@@ -154,11 +124,6 @@ fn assert_gone(cluster: &str) -> Result<()> {
         "Quadlet files of {cluster} left: {files:?}"
     );
     Ok(())
-}
-
-pub fn delete() -> Result<()> {
-    ok(&[&kinc(), "delete", "cluster", "--name", CLUSTER])?;
-    assert_gone(CLUSTER)
 }
 
 fn spawn_create(name: &str) -> Result<Child> {
@@ -326,172 +291,6 @@ fn cut_create(cluster: &str, signal: libc::c_int) -> Result<()> {
     Ok(())
 }
 
-/// Runs `xtask hostvm node-check NAME` in the cluster's node, as its (user-namespaced)
-/// root, with its output in the log.
-///
-/// Exit 125 is podman's own failure, not the check's (the check exits 0 or 1). When
-/// podman fails that way before the check has said anything, the exec is tried once
-/// more; either way podman's own `Error:` lines go into the failure message, so the
-/// summary under a CI run says what went wrong.
-pub fn in_node(name: &str) -> Result<()> {
-    let node = container_of(CLUSTER)?;
-    let argv = [
-        "podman",
-        "exec",
-        &node,
-        super::node::NODE_XTASK,
-        "hostvm",
-        "node-check",
-        name,
-    ];
-    let mut first_error = None;
-    for attempt in 1..=2 {
-        println!("$ {}", argv.join(" "));
-        let ran = run_teed(&argv)?;
-        let verdict = node_check_verdict(name, &ran.stdout, &ran.stderr);
-        match next_step(ran.code, verdict, attempt) {
-            Next::Passed => {
-                if ran.code == 125 {
-                    println!(
-                        "  the check passed; podman exec then exited 125{}",
-                        podman_errors(&ran.stderr)
-                    );
-                }
-                if let Some(e) = &first_error {
-                    println!("  passed on attempt {attempt}; attempt 1: {e}");
-                }
-                return Ok(());
-            }
-            Next::Retry => {
-                let e = format!("podman exec exit 125{}", podman_errors(&ran.stderr));
-                println!("  {e}: the check never ran; trying once more");
-                first_error = Some(e);
-            }
-            Next::Failed => bail!(
-                "node-check {name} in {node}: exit {}, the check said {}{}",
-                ran.code,
-                match verdict {
-                    Some(true) => "ok",
-                    Some(false) => "FAILED (its reason is above)",
-                    None => "nothing",
-                },
-                podman_errors(&ran.stderr)
-            ),
-        }
-    }
-    unreachable!("the second attempt returns or fails")
-}
-
-#[derive(Debug, PartialEq)]
-enum Next {
-    Passed,
-    Retry,
-    Failed,
-}
-
-/// What follows one `podman exec` of an in-node check, from its exit code and what the
-/// check said of itself.
-fn next_step(code: i32, verdict: Option<bool>, attempt: u32) -> Next {
-    match (code, verdict) {
-        // The check proved what it proves; podman failing to hand back the status
-        // afterwards is podman's bookkeeping, kept in the log.
-        (0 | 125, Some(true)) => Next::Passed,
-        // Podman failed before the check said anything: nothing ran, so running it
-        // again proves the same thing.
-        (125, None) if attempt == 1 => Next::Retry,
-        _ => Next::Failed,
-    }
-}
-
-/// What the in-node check said of itself: `Some(true)` for its ok line, `Some(false)` for
-/// its FAILED line, `None` when it said neither (it never ran, or was killed).
-pub fn node_check_verdict(name: &str, stdout: &str, stderr: &str) -> Option<bool> {
-    let (failed, ok) = (
-        format!("node-check {name}: FAILED"),
-        format!("node-check {name}: ok"),
-    );
-    if stderr.lines().any(|l| l.starts_with(&failed)) {
-        Some(false)
-    } else if stdout.lines().any(|l| l.starts_with(&ok)) {
-        Some(true)
-    } else {
-        None
-    }
-}
-
-/// Podman's own error lines, as `: Error: ...; Error: ...` (empty when none).
-fn podman_errors(stderr: &str) -> String {
-    let errs: Vec<&str> = stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("Error:") || l.starts_with("time=") && l.contains("error"))
-        .collect();
-    if errs.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", errs.join("; "))
-    }
-}
-
-struct Teed {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `argv` with its output both streamed into the log (as it comes) and kept.
-fn run_teed(argv: &[&str]) -> Result<Teed> {
-    use std::io::{BufRead, BufReader, Write};
-    fn tee<R: std::io::Read + Send + 'static>(
-        r: R,
-        to_stderr: bool,
-    ) -> std::thread::JoinHandle<String> {
-        std::thread::spawn(move || {
-            let mut kept = String::new();
-            for line in BufReader::new(r).lines().map_while(Result::ok) {
-                if to_stderr {
-                    let _ = writeln!(std::io::stderr(), "{line}");
-                } else {
-                    let _ = writeln!(std::io::stdout(), "{line}");
-                }
-                kept.push_str(&line);
-                kept.push('\n');
-            }
-            kept
-        })
-    }
-    let mut child = Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", argv[0]))?;
-    let out = tee(child.stdout.take().context("stdout pipe")?, false);
-    let err = tee(child.stderr.take().context("stderr pipe")?, true);
-    let st = child.wait()?;
-    Ok(Teed {
-        code: super::agent::exit_code(st),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
-}
-
-/// kincnet answers the CNI VERSION command inside the running node (its user namespace).
-pub fn kincnet_version() -> Result<()> {
-    let node = container_of(CLUSTER)?;
-    let out = exec(
-        &node,
-        &["env", "CNI_COMMAND=VERSION", "/usr/local/bin/kincnet"],
-    )?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("kincnet VERSION output")?;
-    ensure!(
-        v.get("supportedVersions").is_some_and(|s| s.is_array()),
-        "no supportedVersions in {out}"
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,37 +305,6 @@ mod tests {
         assert_eq!(parse_cidr("10.244.0.7/24"), Some((0x0af4_0000, 24)));
         assert_eq!(parse_cidr("10.0.0.0/33"), None);
         assert_eq!(parse_cidr("nope"), None);
-    }
-
-    #[test]
-    fn node_check_verdict_and_podman_errors() {
-        let ok = "  pod a 10.64.0.2\nnode-check kincnet: ok (6.7 s)\n";
-        assert_eq!(node_check_verdict("kincnet", ok, ""), Some(true));
-        let failed = "node-check kincnet: FAILED: kincnet ADD failed\n";
-        assert_eq!(node_check_verdict("kincnet", ok, failed), Some(false));
-        assert_eq!(node_check_verdict("crun-wrapper", ok, ""), None);
-        assert_eq!(node_check_verdict("kincnet", "", ""), None);
-        let err = "noise\nError: crun: executable file not found\n\
-                   time=\"x\" level=error msg=\"exec error\"\n";
-        assert_eq!(
-            podman_errors(err),
-            ": Error: crun: executable file not found; time=\"x\" level=error msg=\"exec error\""
-        );
-        assert_eq!(podman_errors("all fine\n"), "");
-    }
-
-    #[test]
-    fn in_node_retries_only_podman_failing_before_the_check() {
-        assert_eq!(next_step(0, Some(true), 1), Next::Passed);
-        assert_eq!(next_step(125, Some(true), 1), Next::Passed);
-        assert_eq!(next_step(125, None, 1), Next::Retry);
-        assert_eq!(next_step(125, None, 2), Next::Failed);
-        // The check's own failure is never retried, whatever podman then did.
-        assert_eq!(next_step(1, Some(false), 1), Next::Failed);
-        assert_eq!(next_step(125, Some(false), 1), Next::Failed);
-        // Killed or silent: a failure, not a retry.
-        assert_eq!(next_step(137, None, 1), Next::Failed);
-        assert_eq!(next_step(0, None, 1), Next::Failed);
     }
 
     #[test]

@@ -32,7 +32,7 @@ fn node(cluster: &str) -> String {
 
 /// What the node says about itself when something failed: the bootstrap status, failed
 /// units and the last lines of the units a bootstrap depends on.
-fn diagnose(cluster: &str) {
+pub(crate) fn diagnose(cluster: &str) {
     let n = node(cluster);
     println!("--- diagnostics for {cluster} ---");
     let _ = sh(&[&kinc(), "status", "--name", cluster]);
@@ -219,11 +219,11 @@ pub fn create() -> Result<()> {
             all_steps_done(&st)?;
             let files = super::e2e_kinc::quadlet_files(CLUSTER);
             ensure!(files.len() >= 3, "Quadlet files of {CLUSTER}: {files:?}");
-            for unit in files.iter().filter_map(|f| super::e2e_kinc::unit_for(f)) {
-                let state = quiet(&["systemctl", "--user", "is-active", &unit]).unwrap_or_default();
-                ensure!(state == "active", "{unit} is {state:?}, not active");
-            }
-            Ok(())
+            // Units active, systemd PID 1, the API bound on 127.0.0.1 only.
+            super::e2e_kinc::cluster_is_up(CLUSTER)?;
+            let n = node(CLUSTER);
+            super::e2e_checks::node_cgroup_namespace(&n)?;
+            super::e2e_checks::cgroup_setup_done(&n)
         }),
     )
 }
@@ -539,6 +539,7 @@ pub fn after_reboot() -> Result<()> {
             },
         )?;
         all_steps_done(&st)?;
+        super::e2e_kinc::cluster_is_up(CLUSTER)?;
         ensure!(st.boot >= 2, "boot {} after a reboot", st.boot);
         let init = st
             .step("kubeadm-init")
