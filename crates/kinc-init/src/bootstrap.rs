@@ -111,8 +111,10 @@ impl Default for Timeouts {
         Self {
             cri: Duration::from_secs(120),
             api: Duration::from_secs(180),
-            node_ready: Duration::from_secs(300),
-            coredns: Duration::from_secs(300),
+            // Generous: a starved host (a laptop under load, a VM under TCG) gets there,
+            // slowly (300 s was seen to run out); a timeout says what the pods were doing.
+            node_ready: Duration::from_secs(600),
+            coredns: Duration::from_secs(600),
             poll: Duration::from_secs(2),
             kubectl_wait: Duration::from_secs(30),
         }

@@ -23,6 +23,13 @@ pub struct Arg {
     pub value: String,
 }
 
+/// One control-plane node has nobody to elect. With election on, a lease renewal that
+/// misses its deadline on a starved laptop (or under TCG) restarts the controller manager
+/// or scheduler, and after a node restart each waits out the old lease (15 s) first.
+fn no_leader_election() -> Arg {
+    arg("leader-elect", "false")
+}
+
 fn arg(name: &str, value: impl Into<String>) -> Arg {
     Arg {
         name: name.to_string(),
@@ -71,6 +78,7 @@ pub struct ClusterConfiguration {
     pub networking: Networking,
     pub api_server: ApiServer,
     pub controller_manager: ControlPlaneComponent,
+    pub scheduler: ControlPlaneComponent,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,10 +204,16 @@ impl KubeadmConfig {
             controller_manager: ControlPlaneComponent {
                 // The node gets the whole pod subnet (kincnet allocates from it), so the
                 // controller manager's per-node CIDR is the subnet itself.
-                extra_args: vec![arg(
-                    "node-cidr-mask-size-ipv4",
-                    cfg.pod_subnet.prefix().to_string(),
-                )],
+                extra_args: vec![
+                    arg(
+                        "node-cidr-mask-size-ipv4",
+                        cfg.pod_subnet.prefix().to_string(),
+                    ),
+                    no_leader_election(),
+                ],
+            },
+            scheduler: ControlPlaneComponent {
+                extra_args: vec![no_leader_election()],
             },
         };
         let kubelet = KubeletConfiguration {
