@@ -74,20 +74,18 @@ impl Guest {
     }
 }
 
-fn requirements() -> bool {
-    if !kinc_testutil::require_root()
-        || !kinc_testutil::require_tools(&["qemu-system-x86_64", "busybox", "unshare", "ldd", "xz"])
-    {
-        return false;
-    }
+/// Panics naming what is missing (the tests are ignored unless asked for).
+fn requirements() {
+    kinc_testutil::require_root_and!("qemu-system-x86_64", "busybox", "unshare", "ldd", "xz");
     let busybox = kinc_testutil::which("busybox").unwrap();
     kinc_testutil::require(
         vm::find_kernel().is_some(),
         "a /boot/vmlinuz-* (linux-image-amd64)",
-    ) && kinc_testutil::require(
+    );
+    kinc_testutil::require(
         vm::initramfs::is_static(&busybox),
         "a static busybox (busybox-static)",
-    )
+    );
 }
 
 /// Boots once for all tests in this file; the first caller boots, the others wait. A
@@ -155,10 +153,9 @@ fn strings(v: &Value) -> BTreeSet<String> {
 }
 
 #[test]
+#[ignore = "needs root, qemu-system-x86_64, busybox-static, unshare, ldd, xz, /boot/vmlinuz-*"]
 fn real_root_gets_every_controller_down_to_kubelet_and_is_emptied() {
-    if !requirements() {
-        return;
-    }
+    requirements();
     let g = guest();
     assert_eq!(g.rc("root1"), 0, "{}", g.console);
     let j = g.json("root1");
@@ -203,10 +200,9 @@ fn real_root_gets_every_controller_down_to_kubelet_and_is_emptied() {
 }
 
 #[test]
+#[ignore = "needs root, qemu-system-x86_64, busybox-static, unshare, ldd, xz, /boot/vmlinuz-*"]
 fn second_run_in_the_same_boot_changes_nothing() {
-    if !requirements() {
-        return;
-    }
+    requirements();
     let g = guest();
     assert_eq!(g.rc("root2"), 0, "{}", g.console);
     let j = g.json("root2");
@@ -231,10 +227,9 @@ fn second_run_in_the_same_boot_changes_nothing() {
 }
 
 #[test]
+#[ignore = "needs root, qemu-system-x86_64, busybox-static, unshare, ldd, xz, /boot/vmlinuz-*"]
 fn controller_withheld_by_the_parent_is_named_with_the_host_fix_and_nothing_changes() {
-    if !requirements() {
-        return;
-    }
+    requirements();
     let g = guest();
     assert_eq!(
         g.state("withheld", "controllers"),
@@ -288,10 +283,9 @@ fn controller_withheld_by_the_parent_is_named_with_the_host_fix_and_nothing_chan
 }
 
 #[test]
+#[ignore = "needs root, qemu-system-x86_64, busybox-static, unshare, ldd, xz, /boot/vmlinuz-*"]
 fn cgroup_namespace_below_a_delegated_subtree_is_set_up_like_a_container() {
-    if !requirements() {
-        return;
-    }
+    requirements();
     let g = guest();
     assert_eq!(g.one("CGNS", "ns"), "0::/", "at its cgroup namespace root");
     assert_eq!(g.rc("ns"), 0, "{}", g.console);

@@ -104,38 +104,98 @@ fn create_and_run_get_no_new_keyring_when_configured() {
     assert_eq!(lines(&o), ["create", "-b", b, "id"]);
 }
 
+/// The wrapper as a caller that may not lower oom_score_adj, whoever runs the test: no
+/// CAP_SYS_RESOURCE it could pass on (bounding, inheritable and ambient sets), and its own
+/// oom_score_adj raised to 1000, which anyone may do. Only async-signal-safe calls run
+/// between fork and exec: the test process has other threads.
+fn unprivileged_wrapper(config: &Path, cwd: &Path, args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .current_dir(cwd)
+        .env("KINC_CRUN_WRAPPER_CONFIG", config)
+        .env("KINC_CRUN", ECHO);
+    // SAFETY: prctl, capget/capset, open, write and close are async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            const CAP_SYS_RESOURCE: u32 = 24;
+            // An unprivileged caller has nothing to drop (EPERM); root drops it here.
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
+            libc::prctl(
+                libc::PR_CAPBSET_DROP,
+                CAP_SYS_RESOURCE as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            #[repr(C)]
+            struct Header {
+                version: u32,
+                pid: libc::c_int,
+            }
+            #[repr(C)]
+            #[derive(Clone, Copy)]
+            struct Data {
+                effective: u32,
+                permitted: u32,
+                inheritable: u32,
+            }
+            let mut h = Header {
+                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                pid: 0,
+            };
+            let zero = Data {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            };
+            let mut d = [zero; 2];
+            if libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            d[0].inheritable &= !(1 << CAP_SYS_RESOURCE);
+            if libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"1000".as_ptr().cast(), 4) != 4 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    c.output().unwrap()
+}
+
 #[test]
 fn bundle_from_cwd_and_config_option_are_rewritten() {
     let (d, cfg) = setup(false);
-    // oomScoreAdj -1000 is below any unprivileged caller's value.
+    // oomScoreAdj -1000 is below what this caller can grant: its own value, 1000.
     let spec =
         br#"{"ociVersion":"1.0.2","process":{"oomScoreAdj":-1000,"user":{"uid":0,"gid":0}}}"#;
     std::fs::write(d.path().join("config.json"), spec).unwrap();
     std::fs::write(d.path().join("other.json"), spec).unwrap();
-    let privileged = kinc_testutil::is_root()
-        && caps::has_cap(
-            None,
-            caps::CapSet::Permitted,
-            caps::Capability::CAP_SYS_RESOURCE,
-        )
-        .unwrap();
-    let o = wrapper(&cfg, ECHO, d.path(), &["create", "id"]);
-    assert!(o.status.success());
-    let o2 = wrapper(
-        &cfg,
-        ECHO,
-        d.path(),
-        &["create", "--config=other.json", "id"],
-    );
+    let o = unprivileged_wrapper(&cfg, d.path(), &["create", "id"]);
+    assert!(o.status.success(), "{o:?}");
+    let o2 = unprivileged_wrapper(&cfg, d.path(), &["create", "--config=other.json", "id"]);
+    assert!(o2.status.success(), "{o2:?}");
     for (name, out) in [("config.json", &o), ("other.json", &o2)] {
-        let now = std::fs::read(d.path().join(name)).unwrap();
-        if privileged {
-            assert_eq!(now, spec, "a privileged caller needs no change");
-        } else {
-            assert_ne!(now, spec, "{name} should be rewritten");
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("id: process.oomScoreAdj: -1000 ->"), "{err}");
-        }
+        let now: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.path().join(name)).unwrap()).unwrap();
+        assert_eq!(now["process"]["oomScoreAdj"], 1000, "{name}");
+        assert_eq!(now["process"]["user"]["uid"], 0, "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("id: process.oomScoreAdj: -1000 -> 1000 ("),
+            "{name}: {err}"
+        );
     }
 }
 

@@ -63,6 +63,7 @@ fn build_image(conf: &Path, dir: &Path, tag: &str) {
 }
 
 #[test]
+#[ignore = "needs root, podman, crun, unshare, busybox"]
 fn podman_runs_busybox_through_the_wrapper() {
     kinc_testutil::require_root_and!("podman", "crun", "unshare", "busybox");
     let dir = tempfile::Builder::new()

@@ -1,5 +1,6 @@
-//! Properties over random specs and callers: capabilities only shrink, oomScoreAdj never
-//! goes down, process.user and every field no rule touches stay the same JSON value.
+//! Properties over random specs and callers: capabilities only shrink, oomScoreAdj is
+//! exactly what the caller can grant (the spec's value, or the caller's own when it may
+//! not go lower), process.user and every field no rule touches stay the same JSON value.
 
 mod common;
 
@@ -115,8 +116,42 @@ fn untouched(mut v: Value) -> Value {
     v
 }
 
+/// The oomScoreAdj a caller can start `spec`'s process with when it asks for `want`: any
+/// value when it may lower its own (CAP_SYS_RESOURCE in the initial user namespace, and
+/// the container does not get its own user namespace), else no less than its own value.
+fn grantable_oom(spec: &Value, c: &Caller, want: i64) -> i64 {
+    let own_userns = spec["linux"]["namespaces"]
+        .as_array()
+        .is_some_and(|ns| ns.iter().any(|n| n["type"] == "user"));
+    if c.sys_resource_in_init_ns && !own_userns {
+        want
+    } else {
+        want.max(i64::from(c.oom_score_adj))
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Right at the caller's value, where an off-by-one hides: random specs seldom land there.
+    #[test]
+    fn oom_near_the_callers_value_is_exactly_what_it_can_grant(input in spec(), c in caller(), delta in -2i64..=2) {
+        let mut input = input;
+        let want = (i64::from(c.oom_score_adj) + delta).clamp(-1000, 1000);
+        input["process"]["oomScoreAdj"] = json!(want);
+        let mut out = input.clone();
+        let report = crun_wrapper::rules::apply(&mut out, &c, Lsm { apparmor: false, selinux: false });
+        let grant = grantable_oom(&input, &c, want);
+        prop_assert_eq!(out["process"]["oomScoreAdj"].as_i64(), Some(grant));
+        let change = report.changes.iter().find(|ch| ch.field == "process.oomScoreAdj");
+        if grant == want {
+            prop_assert!(change.is_none(), "{:?}", change);
+        } else {
+            let change = change.expect("a raised oomScoreAdj is reported");
+            prop_assert_eq!(&change.from, &want.to_string());
+            prop_assert_eq!(&change.to, &grant.to_string());
+        }
+    }
 
     #[test]
     fn rules_only_reduce(input in spec(), c in caller(), apparmor in any::<bool>(), selinux in any::<bool>()) {
@@ -130,7 +165,7 @@ proptest! {
         }
         if let Some(i) = input["process"]["oomScoreAdj"].as_i64() {
             let o = out["process"]["oomScoreAdj"].as_i64();
-            prop_assert!(o.is_some_and(|o| o >= i), "oom {i} -> {o:?}");
+            prop_assert_eq!(o, Some(grantable_oom(&input, &c, i)), "oom {}", i);
         } else {
             prop_assert!(out["process"].get("oomScoreAdj").is_none());
         }

@@ -222,12 +222,14 @@ fn check_mode(mode: Mode, tag: &str, cases: &[Case]) {
 }
 
 #[test]
+#[ignore = "needs root, setpriv, unshare, newuidmap, useradd, crun"]
 fn nested_in_podman_style_userns() {
     kinc_testutil::require_root_and!("setpriv", "unshare", "newuidmap", "useradd", "crun");
     check_mode(Mode::Nested, "n", NESTED_CASES);
 }
 
 #[test]
+#[ignore = "needs root, setpriv, newuidmap, useradd, crun"]
 fn rootless_unprivileged_user() {
     kinc_testutil::require_root_and!("setpriv", "newuidmap", "useradd", "crun");
     check_mode(Mode::Rootless, "r", ROOTLESS_CASES);
@@ -236,6 +238,7 @@ fn rootless_unprivileged_user() {
 /// A user outside the namespace's ids has no safe reduction: the wrapper reports it
 /// and leaves `process.user` alone, so crun refuses it just as without the wrapper.
 #[test]
+#[ignore = "needs root, setpriv, unshare, newuidmap, useradd, crun"]
 fn unmapped_user_is_refused_not_rewritten() {
     kinc_testutil::require_root_and!("setpriv", "unshare", "newuidmap", "useradd", "crun");
     let user = TestUser::create("u");

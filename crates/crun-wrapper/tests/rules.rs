@@ -150,6 +150,24 @@ fn best_effort_oom_is_kept() {
     assert!(r.changes.iter().all(|c| c.field != "process.oomScoreAdj"));
 }
 
+/// crun refuses anything below the caller's value, and the caller's value itself is fine:
+/// one below is raised to exactly it, it and above are kept.
+#[test]
+fn oom_is_raised_to_exactly_the_callers_value() {
+    for (want, got) in [(-1000, 200), (199, 200), (200, 200), (201, 201)] {
+        let mut spec = load(APP);
+        spec["process"]["oomScoreAdj"] = json!(want);
+        let r = rules::apply(&mut spec, &kinc_caller(), NO_LSM);
+        assert_eq!(spec["process"]["oomScoreAdj"], json!(got), "{want}");
+        let change = r.changes.iter().find(|c| c.field == "process.oomScoreAdj");
+        assert_eq!(
+            change.map(|c| (c.from.as_str(), c.to.as_str())),
+            (want != got).then_some((&*want.to_string(), "200")),
+            "{want}"
+        );
+    }
+}
+
 #[test]
 fn own_user_namespace_keeps_caps_but_clamps_oom_and_rlimits() {
     let mut spec = load(APP);

@@ -46,6 +46,7 @@ fn rule(chain: &str, exprs: Vec<Expr>) -> Rule {
 }
 
 #[test]
+#[ignore = "needs root, ip"]
 fn failed_transaction_names_the_message_and_applies_nothing() {
     kinc_testutil::require_root_and!("ip");
     let ns = Netns::new("knft-nl");
@@ -68,6 +69,7 @@ fn failed_transaction_names_the_message_and_applies_nothing() {
 }
 
 #[test]
+#[ignore = "needs root, ip"]
 fn stale_generation_is_refused_as_transient() {
     kinc_testutil::require_root_and!("ip");
     let ns = Netns::new("knft-nl");
@@ -88,6 +90,7 @@ fn stale_generation_is_refused_as_transient() {
 }
 
 #[test]
+#[ignore = "needs root, ip"]
 fn every_expression_round_trips_through_the_kernel() {
     kinc_testutil::require_root_and!("ip");
     let ns = Netns::new("knft-nl");
@@ -244,6 +247,7 @@ fn every_expression_round_trips_through_the_kernel() {
 }
 
 #[test]
+#[ignore = "needs root, ip"]
 fn verdict_maps_and_interval_sets_work_in_the_kernel() {
     kinc_testutil::require_root_and!("ip");
     let ns = Netns::new("knft-nl");
@@ -366,6 +370,7 @@ fn verdict_maps_and_interval_sets_work_in_the_kernel() {
 }
 
 #[test]
+#[ignore = "needs root, ip"]
 fn one_transaction_of_200k_elements_fits_the_socket() {
     kinc_testutil::require_root_and!("ip");
     let ns = Netns::new("knft-nl");

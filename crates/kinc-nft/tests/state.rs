@@ -62,6 +62,7 @@ fn objects(json: &Value, kind: &str) -> Vec<Value> {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn ensure_is_idempotent_and_repairs() {
     kinc_testutil::require_root_and!("ip", "nft");
     let node = Netns::new("knft-node");
@@ -107,6 +108,7 @@ fn ensure_is_idempotent_and_repairs() {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn parallel_ensures_install_one_copy() {
     kinc_testutil::require_root_and!("ip", "nft");
     let node = Netns::new("knft-node");
@@ -131,6 +133,7 @@ fn parallel_ensures_install_one_copy() {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn nft_sees_the_table_we_meant() {
     kinc_testutil::require_root_and!("ip", "nft");
     let node = Netns::new("knft-node");
@@ -205,6 +208,7 @@ fn nft_sees_the_table_we_meant() {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn elements_follow_pods() {
     kinc_testutil::require_root_and!("ip", "nft");
     let node = Netns::new("knft-node");
@@ -260,6 +264,7 @@ fn elements_follow_pods() {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn networks_share_the_table_and_nothing_else_is_touched() {
     kinc_testutil::require_root_and!("ip", "nft");
     let node = Netns::new("knft-node");
@@ -362,6 +367,7 @@ fn networks_share_the_table_and_nothing_else_is_touched() {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn one_thread_switching_namespaces_acts_in_each() {
     kinc_testutil::require_root_and!("ip", "nft");
     let (n1, n2) = (Netns::new("knft-node"), Netns::new("knft-node"));

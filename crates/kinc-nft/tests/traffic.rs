@@ -32,6 +32,7 @@ fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn hostports_work_from_everywhere_and_pods_are_masqueraded() {
     kinc_testutil::require_root_and!("ip", "nft");
     let t = Topo::new(2);
@@ -129,6 +130,7 @@ fn hostports_work_from_everywhere_and_pods_are_masqueraded() {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn ensure_switches_masquerade_off_and_on() {
     kinc_testutil::require_root_and!("ip", "nft");
     let t = Topo::new(1);

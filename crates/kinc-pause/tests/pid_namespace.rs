@@ -70,6 +70,11 @@ fn launcher(argv: &[*const libc::c_char; 2], report: &std::os::fd::OwnedFd) -> i
 #[test]
 #[ignore = "needs root: a new PID namespace"]
 fn pid1_reaps_adopted_orphans_and_exits_0_on_sigterm() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "this test needs root (it is #[ignore]d for that reason)"
+    );
     let path = CString::new(PAUSE).unwrap();
     let argv = [path.as_ptr(), std::ptr::null()];
     let (rd, wr) = nix::unistd::pipe().expect("pipe");

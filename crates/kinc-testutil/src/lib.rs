@@ -1,19 +1,15 @@
 //! Helpers shared by the integration tests of every crate.
 //!
-//! The rule: a test that needs root or a missing tool fails loudly on CI (`CI` set,
-//! CI runs as root with every package installed) and may skip, printing why, elsewhere.
+//! The rule for a test that needs root, a tool or a VM: it is marked
+//! `#[ignore = "needs root, ip, nft"]` (its needs, as libtest then lists it), and its
+//! first line checks them with [`require_root_and!`] or [`require`], which panic with
+//! what is missing. So a plain `cargo test` reports it as ignored, with the reason, and
+//! `cargo test -- --include-ignored` (CI, as root) runs it or fails: no test reports `ok`
+//! without having run its assertions.
 
 use std::path::{Path, PathBuf};
 
 pub mod netns;
-
-/// True when running on CI (`CI` set to anything but empty, `0` or `false`).
-pub fn on_ci() -> bool {
-    match std::env::var("CI") {
-        Ok(v) => !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false")),
-        Err(_) => false,
-    }
-}
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -48,45 +44,43 @@ pub fn run(prog: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Returns whether the test may go on. When `ok` is false: on CI it panics with
-/// `what`; elsewhere it prints `SKIP <test>: <what>` and returns false.
+/// Panics with `what` unless `ok`: a privileged test (marked `#[ignore = ...]`) run
+/// without what it needs fails, naming it, instead of passing untested.
 #[track_caller]
-pub fn require(ok: bool, what: &str) -> bool {
-    if ok {
-        return true;
-    }
-    if on_ci() {
-        panic!("required for this test on CI: {what}");
-    }
-    let name = std::thread::current()
-        .name()
-        .unwrap_or("<unnamed>")
-        .to_string();
-    eprintln!("SKIP {name}: {what}");
-    false
+pub fn require(ok: bool, what: &str) {
+    assert!(
+        ok,
+        "this test needs {what}; it is #[ignore]d for that reason, and was run anyway \
+         (--include-ignored): run it as root with the packages of .ci/install-deps"
+    );
 }
 
-/// `require` for root.
+/// [`require`] for root.
 #[track_caller]
-pub fn require_root() -> bool {
-    require(is_root(), "must run as root")
+pub fn require_root() {
+    require(is_root(), "root");
 }
 
-/// `require` for each tool being on PATH.
+/// [`require`] for each tool being on PATH.
 #[track_caller]
-pub fn require_tools(tools: &[&str]) -> bool {
-    tools
+pub fn require_tools(tools: &[&str]) {
+    let missing: Vec<&str> = tools
         .iter()
-        .all(|t| require(which(t).is_some(), &format!("`{t}` is not installed")))
+        .copied()
+        .filter(|t| which(t).is_none())
+        .collect();
+    require(
+        missing.is_empty(),
+        &format!("{} on PATH", missing.join(", ")),
+    );
 }
 
-/// Skips (or fails on CI) the calling test unless root and the tools are present.
+/// The first line of a privileged test: panics unless root and every tool is on PATH.
 #[macro_export]
 macro_rules! require_root_and {
     ($($tool:expr),* $(,)?) => {
-        if !$crate::require_root() || !$crate::require_tools(&[$($tool),*]) {
-            return;
-        }
+        $crate::require_root();
+        $crate::require_tools(&[$($tool),*]);
     };
 }
 
@@ -107,7 +101,15 @@ mod tests {
     }
 
     #[test]
-    fn require_true_passes() {
-        assert!(require(true, "never shown"));
+    fn requirements_pass_or_panic_naming_what_is_missing() {
+        require(true, "never shown");
+        require_tools(&["sh"]);
+        let e =
+            std::panic::catch_unwind(|| require_tools(&["sh", "no-such-tool-kinc"])).unwrap_err();
+        let msg = e.downcast_ref::<String>().unwrap();
+        assert!(msg.contains("needs no-such-tool-kinc on PATH"), "{msg}");
+        assert!(!msg.contains("sh,"), "{msg}");
+        let e = std::panic::catch_unwind(|| require(false, "a VM")).unwrap_err();
+        assert!(e.downcast_ref::<String>().unwrap().contains("needs a VM"));
     }
 }

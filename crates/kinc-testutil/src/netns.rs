@@ -124,6 +124,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root, ip"]
     fn a_namespace_is_isolated_and_removed_on_drop() {
         crate::require_root_and!("ip");
         let ns = Netns::new("ktu");

@@ -181,11 +181,6 @@ impl Planner {
     }
 }
 
-/// Whether 127.0.0.1:port can be bound right now (nothing listens there).
-pub fn port_is_free(port: u16) -> bool {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use kinc_types::{labels, BootstrapStatus, ClusterName};
 use serde::Serialize;
 
 use crate::alloc::Allocation;
+use crate::host::Host;
 use crate::kubeconfig::{self, Kubeconfig, KubeconfigError};
 use crate::podman::{ContainerSummary, Podman, PodmanError};
 use crate::quadlet;
@@ -104,14 +105,16 @@ pub struct Kinc<R: Runner> {
     pub routes_path: PathBuf,
     /// Where `export kubeconfig` and `delete` merge; None to leave kubeconfigs alone.
     pub kubeconfig_path: Option<PathBuf>,
+    /// The machine: who runs kinc, the files doctor reads, the 127.0.0.1 ports.
+    pub host: Host,
 }
 
 const OWNER: (&str, &str) = (labels::OWNER, labels::OWNER_VALUE);
 
 impl<R: Runner> Kinc<R> {
-    /// kinc for the calling user: data in XDG_DATA_HOME, units in XDG_CONFIG_HOME,
-    /// kubeconfig from KUBECONFIG or ~/.kube/config.
-    pub fn from_env(runner: R) -> Result<Self, ClusterError> {
+    /// kinc for the calling user on `host`: data in XDG_DATA_HOME, units in
+    /// XDG_CONFIG_HOME, kubeconfig from KUBECONFIG or ~/.kube/config.
+    pub fn from_env(runner: R, host: Host) -> Result<Self, ClusterError> {
         let env = |k: &str| std::env::var_os(k);
         Ok(Self {
             podman: Podman::new(runner),
@@ -119,6 +122,7 @@ impl<R: Runner> Kinc<R> {
             unit_dir: quadlet::unit_dir_from(&env),
             routes_path: PathBuf::from(crate::routes::PROC_NET_ROUTE),
             kubeconfig_path: kubeconfig::merge_path(&env).ok(),
+            host,
         })
     }
 
@@ -215,8 +219,7 @@ impl<R: Runner> Kinc<R> {
     /// Whether a systemd user manager answers (never for root: rootful clusters run
     /// with plain `podman run`).
     pub fn systemd_user_manager(&self) -> bool {
-        // SAFETY: getuid has no preconditions.
-        if unsafe { libc::getuid() } == 0 {
+        if !self.host.rootless() {
             return false;
         }
         let args = ["--user", "is-system-running"].map(String::from);

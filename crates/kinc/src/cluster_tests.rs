@@ -2,7 +2,7 @@
 //! model), so arguments, label filters and cleanup are checked without podman.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use super::*;
@@ -32,6 +32,10 @@ pub struct Model {
     pub ctr_fails: Option<String>,
     /// (importer, content of the archive it was given) for each ctr or skopeo run.
     pub imported: Vec<(String, String)>,
+    /// 127.0.0.1 ports something else on the host listens on.
+    pub busy_ports: BTreeSet<u16>,
+    /// 127.0.0.1 ports where a node's API server accepts connections.
+    pub answering_ports: BTreeSet<u16>,
 }
 
 fn labels_of(args: &[String]) -> BTreeMap<String, String> {
@@ -224,12 +228,19 @@ pub fn harness() -> Harness {
         "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n",
     )
     .unwrap();
+    // A healthy rootless host whose ports are the model's.
+    let mut host = crate::host::fake::healthy(&dir.path().join("host"));
+    let m = model.clone();
+    host.port_free = Box::new(move |p| !m.borrow().busy_ports.contains(&p));
+    let m = model.clone();
+    host.port_answers = Box::new(move |p| m.borrow().answering_ports.contains(&p));
     let kinc = Kinc {
         podman: Podman::new(runner),
         data_dir: dir.path().join("data"),
         unit_dir: Some(dir.path().join("units")),
         routes_path: routes,
         kubeconfig_path: Some(dir.path().join("kube/config")),
+        host,
     };
     Harness { dir, model, kinc }
 }

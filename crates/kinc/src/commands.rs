@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use kinc::create::{ClusterOptionsFile, CreateOptions, RunMode};
 use kinc::doctor::Level;
+use kinc::host::Host;
 use kinc::livetest::{self, LiveTestOptions};
 use kinc::progress::Progress;
 use kinc::runner::SystemRunner;
@@ -15,8 +16,9 @@ use kinc_types::ClusterName;
 
 use crate::cli::*;
 
+/// kinc on this machine: the edge where the host's facts are gathered.
 fn kinc() -> Result<Kinc<SystemRunner>> {
-    Ok(Kinc::from_env(SystemRunner)?)
+    Ok(Kinc::from_env(SystemRunner, Host::gather())?)
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<()> {
@@ -230,10 +232,7 @@ fn status(a: StatusArgs) -> Result<()> {
 }
 
 fn doctor(a: DoctorArgs) -> Result<()> {
-    let k = kinc()?;
-    let version = k.podman.version().ok();
-    let facts = kinc::doctor::gather(version, k.systemd_user_manager());
-    let findings = kinc::doctor::run_checks(&facts);
+    let findings = kinc()?.doctor();
     match a.output {
         Output::Json => json(&findings)?,
         Output::Text => {

@@ -3,7 +3,6 @@
 //! waiting for the node's bootstrap with a spinner per step. Any failure or Ctrl-C
 //! removes what was made, unless `--retain`.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -13,9 +12,9 @@ use kinc_types::status::{Phase, StepState};
 use kinc_types::{labels, ClusterConfig, ClusterName};
 use serde::Deserialize;
 
-use crate::alloc::{port_is_free, AllocError, Planner};
+use crate::alloc::{AllocError, Planner};
 use crate::cluster::{ClusterError, Kinc};
-use crate::doctor::{self, Finding};
+use crate::doctor::{self, Finding, HostFacts};
 use crate::node::{volume_labels, NodeSpec};
 use crate::progress::Progress;
 use crate::quadlet;
@@ -151,11 +150,16 @@ fn io(what: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> ClusterErr
 }
 
 impl<R: Runner> Kinc<R> {
+    /// Every `kinc doctor` finding for this host.
+    pub fn doctor(&self) -> Vec<Finding> {
+        let version = self.podman.version().ok();
+        let facts = HostFacts::of(&self.host, version, self.systemd_user_manager());
+        doctor::run_checks(&facts)
+    }
+
     /// Runs every doctor check; Err with the blocking ones not skipped.
     pub fn preflight(&self, skip: &[String]) -> Result<Vec<Finding>, CreateError> {
-        let version = self.podman.version().ok();
-        let facts = doctor::gather(version, self.systemd_user_manager());
-        let all = doctor::run_checks(&facts);
+        let all = self.doctor();
         let blocking: Vec<Finding> = doctor::blocking(&all, skip).into_iter().cloned().collect();
         if blocking.is_empty() {
             Ok(all)
@@ -246,7 +250,7 @@ impl<R: Runner> Kinc<R> {
         let taken = state.state.taken();
         let planner = Planner::new(&routes);
         let port = opts.api_port.or(opts.file.api_port);
-        let mut alloc = planner.plan(&taken, port, &port_is_free)?;
+        let mut alloc = planner.plan(&taken, port, &|p| self.host.port_free(p))?;
         for (field, net) in [
             ("podSubnet", opts.file.pod_subnet),
             ("serviceSubnet", opts.file.service_subnet),
@@ -319,7 +323,7 @@ impl<R: Runner> Kinc<R> {
             config: config.clone(),
             image: opts.image.clone(),
             host_store: (!info.store.graph_root.is_empty() && store.is_dir()).then_some(store),
-            fuse: Path::new("/dev/fuse").exists(),
+            fuse: self.host.has_fuse(),
         };
         let quadlet_dir = match (&self.unit_dir, self.quadlet_capable()) {
             (Some(d), true) => Some(d.clone()),
@@ -482,7 +486,7 @@ impl<R: Runner> Kinc<R> {
                 if status.phase == Phase::Ready {
                     progress.start("api", "Waiting for the API server");
                     waiting_for = format!("the API server on 127.0.0.1:{}", config.api_port);
-                    if api_answers(config.api_port) {
+                    if self.host.port_answers(config.api_port) {
                         progress.done("api");
                         return Ok(());
                     }
@@ -498,13 +502,6 @@ impl<R: Runner> Kinc<R> {
             std::thread::sleep(Duration::from_millis(400));
         }
     }
-}
-
-/// Whether something accepts connections on 127.0.0.1:port (the API server's TLS
-/// handshake is `kinc test`'s business).
-pub fn api_answers(port: u16) -> bool {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
-use std::net::TcpListener;
+//! `create` against the fake podman of [`crate::cluster::tests`] on a fake host
+//! ([`crate::host::fake`]): the same verdict whoever runs the tests, on whatever machine.
 
 use kinc_types::status::BootstrapStatus;
 
 use super::*;
 use crate::cluster::tests::{harness, Harness};
 use crate::cluster::var_path;
-
-const SKIP: &[&str] = &["podman", "cgroup-v2", "subuid", "subgid"];
+use crate::host::fake::put;
 
 fn opts(name: &str) -> CreateOptions {
     CreateOptions {
@@ -16,7 +16,7 @@ fn opts(name: &str) -> CreateOptions {
         file: ClusterOptionsFile::default(),
         wait: Duration::ZERO,
         retain: false,
-        skip_checks: SKIP.iter().map(|s| s.to_string()).collect(),
+        skip_checks: Vec::new(),
     }
 }
 
@@ -176,13 +176,11 @@ fn options_file_is_strict() {
     assert!(ClusterOptionsFile::load(&p).is_err());
 }
 
-/// A created cluster whose API "answers" (a listener on its port).
-fn running(h: &Harness) -> (ClusterConfig, TcpListener, PathBuf) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut c = create(h, &opts("w")).unwrap().config;
-    c.api_port = l.local_addr().unwrap().port();
+/// A created cluster, and the host path of its status file.
+fn running(h: &Harness) -> (ClusterConfig, PathBuf) {
+    let c = create(h, &opts("w")).unwrap().config;
     let mp = h.model.borrow().volumes["kinc-w-var-data"].1.clone();
-    (c, l, var_path(&mp, kinc_types::status::STATUS_PATH))
+    (c, var_path(&mp, kinc_types::status::STATUS_PATH))
 }
 
 fn wait(
@@ -197,7 +195,7 @@ fn wait(
 #[test]
 fn wait_ready_needs_ready_status_and_api() {
     let h = harness();
-    let (c, _l, status) = running(&h);
+    let (c, status) = running(&h);
     let e = wait(&h, &c, Duration::from_millis(10), &never).unwrap_err();
     assert!(
         matches!(&e, CreateError::Timeout { step, .. } if step.contains("status file")),
@@ -214,13 +212,19 @@ fn wait_ready_needs_ready_status_and_api() {
     );
     s.finish("kubeadm-init").unwrap();
     s.save(&status).unwrap();
+    let e = wait(&h, &c, Duration::from_millis(10), &never).unwrap_err();
+    assert!(
+        matches!(&e, CreateError::Timeout { step, .. } if step.contains(&format!("API server on 127.0.0.1:{}", c.api_port))),
+        "Ready but the API does not answer: {e}"
+    );
+    h.model.borrow_mut().answering_ports.insert(c.api_port);
     wait(&h, &c, Duration::from_secs(5), &never).unwrap();
 }
 
 #[test]
 fn wait_ready_reports_failed_step_exit_and_interrupt() {
     let h = harness();
-    let (c, _l, status) = running(&h);
+    let (c, status) = running(&h);
     h.model.borrow_mut().logs = "kubeadm: error execution phase\n".into();
     let mut s = BootstrapStatus::new("w", &["kubeadm-init"]);
     s.fail("kubeadm-init", "exit status 1").unwrap();
@@ -248,4 +252,125 @@ fn wait_ready_reports_failed_step_exit_and_interrupt() {
         wait(&h, &c, Duration::from_secs(5), &never),
         Err(CreateError::NodeExited { .. })
     ));
+}
+
+/// Names of the blocking findings of a refused create.
+fn blocked_by(e: &CreateError) -> Vec<&'static str> {
+    match e {
+        CreateError::Blocked(v) => v.iter().map(|f| f.check).collect(),
+        other => panic!("not blocked: {other}"),
+    }
+}
+
+#[test]
+fn a_host_that_is_not_ready_blocks_before_anything_is_made() {
+    let host = |h: &Harness| h.kinc.host.root.clone();
+    // systemd's default delegation (cpu memory pids) on a cgroup v2 host.
+    let h = harness();
+    put(
+        &host(&h),
+        "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/cgroup.controllers",
+        "cpu memory pids",
+    );
+    let e = create(&h, &opts("dev")).unwrap_err();
+    assert_eq!(blocked_by(&e), ["cgroup-delegation"], "{e}");
+    assert!(e.to_string().contains("not delegated: cpuset io"), "{e}");
+    // cgroup v1 or hybrid: no unified hierarchy, no user@ delegation to read.
+    let h = harness();
+    std::fs::remove_dir_all(host(&h).join("sys/fs/cgroup")).unwrap();
+    let e = create(&h, &opts("dev")).unwrap_err();
+    assert_eq!(blocked_by(&e), ["cgroup-v2"], "{e}");
+    // No subordinate ids for the user.
+    let h = harness();
+    put(&host(&h), "/etc/subuid", "bob:100000:65536\n");
+    let e = create(&h, &opts("dev")).unwrap_err();
+    assert_eq!(blocked_by(&e), ["subuid"], "{e}");
+    // Blocked: nothing was allocated, created or run.
+    assert!(h.model.borrow().volumes.is_empty());
+    assert!(h.model.borrow().containers.is_empty());
+    let s = crate::state::LockedState::open(&h.kinc.data_dir).unwrap();
+    assert!(s.state.clusters.is_empty());
+    drop(s);
+    assert!(!h
+        .kinc
+        .podman
+        .runner()
+        .lines()
+        .iter()
+        .any(|l| l.starts_with("podman volume create") || l.starts_with("podman run")));
+    // --skip-check NAME downgrades exactly that check.
+    let mut o = opts("dev");
+    o.skip_checks = vec!["subgid".into()];
+    assert_eq!(blocked_by(&create(&h, &o).unwrap_err()), ["subuid"]);
+    o.skip_checks = vec!["subuid".into()];
+    create(&h, &o).unwrap();
+}
+
+#[test]
+fn root_runs_the_node_with_podman_run_without_asking_systemd() {
+    let mut h = harness();
+    h.kinc.host.uid = 0;
+    h.kinc.host.user = "root".into();
+    put(
+        &h.kinc.host.root,
+        "/proc/sys/kernel/keys/root_maxkeys",
+        "1000000\n",
+    );
+    let c = create(&h, &opts("dev")).unwrap();
+    assert_eq!(c.mode, RunMode::Podman);
+    let lines = h.kinc.podman.runner().lines();
+    assert!(
+        !lines.iter().any(|l| l.starts_with("systemctl")),
+        "{lines:?}"
+    );
+    // A rootless user asks its manager (the fake has none).
+    let h = harness();
+    create(&h, &opts("dev")).unwrap();
+    let lines = h.kinc.podman.runner().lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "systemctl --user is-system-running"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn busy_host_ports_are_skipped_or_refused() {
+    let h = harness();
+    h.model.borrow_mut().busy_ports.extend([6443, 6444, 7000]);
+    assert_eq!(create(&h, &opts("a")).unwrap().config.api_port, 6445);
+    let mut o = opts("b");
+    o.api_port = Some(7000);
+    let e = create(&h, &o).unwrap_err();
+    assert!(
+        matches!(e, CreateError::Alloc(AllocError::PortInUse { port: 7000 })),
+        "{e}"
+    );
+    o.api_port = Some(7001);
+    assert_eq!(create(&h, &o).unwrap().config.api_port, 7001);
+}
+
+#[test]
+fn dev_fuse_is_passed_only_when_the_host_has_it() {
+    let run_line = |h: &Harness| {
+        h.kinc
+            .podman
+            .runner()
+            .lines()
+            .into_iter()
+            .find(|l| l.starts_with("podman run"))
+            .unwrap()
+    };
+    let h = harness();
+    create(&h, &opts("dev")).unwrap();
+    assert!(
+        run_line(&h).contains("--device /dev/fuse"),
+        "{}",
+        run_line(&h)
+    );
+    let h = harness();
+    std::fs::remove_file(h.kinc.host.root.join("dev/fuse")).unwrap();
+    create(&h, &opts("dev")).unwrap();
+    assert!(!run_line(&h).contains("/dev/fuse"), "{}", run_line(&h));
 }

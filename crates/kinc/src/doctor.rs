@@ -1,10 +1,12 @@
 //! `kinc doctor`: host checks, each finding with the exact command or drop-in that
 //! fixes it. Checks read files under a root directory (`/` for real, a temp tree in
-//! tests) plus a few facts gathered once ([`HostFacts`]).
+//! tests) plus a few facts gathered once ([`HostFacts`], from the [`Host`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
+
+use crate::host::Host;
 
 /// Controllers a node needs delegated to the user's manager.
 pub const NEEDED_CONTROLLERS: &[&str] = &["cpu", "memory", "pids", "cpuset", "io"];
@@ -56,7 +58,7 @@ fn bad(
     }
 }
 
-/// What is not a file under the root.
+/// What the checks read that is not a file under the root.
 #[derive(Debug, Clone)]
 pub struct HostFacts {
     pub root: PathBuf,
@@ -72,6 +74,19 @@ pub struct HostFacts {
 }
 
 impl HostFacts {
+    /// The facts of `host`, with what podman and systemd answered.
+    pub fn of(host: &Host, podman_version: Option<String>, systemd_user: bool) -> HostFacts {
+        HostFacts {
+            root: host.root.clone(),
+            uid: host.uid,
+            user: host.user.clone(),
+            podman_version,
+            nofile_hard: host.nofile_hard,
+            systemd_user,
+            first_port_free: host.port_free(crate::alloc::FIRST_API_PORT),
+        }
+    }
+
     fn read(&self, p: &str) -> Option<String> {
         std::fs::read_to_string(self.root.join(p.trim_start_matches('/'))).ok()
     }
@@ -411,43 +426,6 @@ fn free_port(f: &HostFacts) -> Finding {
             "nothing to do, or pass --api-port PORT; `ss -ltnp 'sport = :6443'` shows who holds it",
         )
     }
-}
-
-/// Facts of the running host.
-pub fn gather(podman_version: Option<String>, systemd_user: bool) -> HostFacts {
-    // SAFETY: getuid has no preconditions; getrlimit writes only into `lim`.
-    let uid = unsafe { libc::getuid() };
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: see above.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    HostFacts {
-        root: PathBuf::from("/"),
-        uid,
-        user: user_name(Path::new("/etc/passwd"), uid),
-        podman_version,
-        nofile_hard: lim.rlim_max,
-        systemd_user,
-        first_port_free: crate::alloc::port_is_free(crate::alloc::FIRST_API_PORT),
-    }
-}
-
-fn user_name(passwd: &Path, uid: u32) -> String {
-    if let Ok(u) = std::env::var("USER") {
-        if !u.is_empty() {
-            return u;
-        }
-    }
-    std::fs::read_to_string(passwd)
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let p: Vec<&str> = l.split(':').collect();
-            (p.len() > 2 && p[2] == uid.to_string()).then(|| p[0].to_string())
-        })
-        .unwrap_or_else(|| uid.to_string())
 }
 
 #[cfg(test)]

@@ -1,53 +1,10 @@
 use super::*;
-
-fn put(root: &Path, p: &str, text: &str) {
-    let p = root.join(p.trim_start_matches('/'));
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+use crate::host::fake::{self, put};
 
 fn healthy() -> (tempfile::TempDir, HostFacts) {
     let d = tempfile::tempdir().unwrap();
-    let r = d.path();
-    put(
-        r,
-        "/sys/fs/cgroup/cgroup.controllers",
-        "cpuset cpu io memory pids",
-    );
-    put(
-        r,
-        "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/cgroup.controllers",
-        "cpuset cpu io memory pids",
-    );
-    put(
-        r,
-        "/sys/fs/cgroup/user.slice/user-1000.slice/pids.max",
-        "max",
-    );
-    put(r, "/var/lib/systemd/linger/alice", "");
-    put(r, "/etc/subuid", "bob:100000:65536\nalice:165536:65536\n");
-    put(r, "/etc/subgid", "1000:165536:65536\n");
-    put(r, "/proc/sys/fs/inotify/max_user_instances", "8192\n");
-    put(r, "/proc/sys/fs/inotify/max_user_watches", "524288\n");
-    put(r, "/proc/sys/kernel/keys/maxkeys", "20000\n");
-    put(
-        r,
-        "/proc/key-users",
-        "    0:    10 9/9 5/1000000 100/25000000\n 1000:     5 5/5 5/20000 50/400000\n",
-    );
-    put(r, "/proc/sys/net/ipv4/ip_forward", "1\n");
-    for m in NFT_MODULES {
-        put(r, &format!("/sys/module/{m}/refcnt"), "1");
-    }
-    let f = HostFacts {
-        root: r.to_path_buf(),
-        uid: 1000,
-        user: "alice".into(),
-        podman_version: Some("5.4.2".into()),
-        nofile_hard: 524288,
-        systemd_user: true,
-        first_port_free: true,
-    };
+    let host = fake::healthy(d.path());
+    let f = HostFacts::of(&host, Some("5.4.2".into()), true);
     (d, f)
 }
 
@@ -178,17 +135,15 @@ fn root_is_checked_against_root_limits() {
 }
 
 #[test]
-fn user_name_from_passwd() {
+fn facts_come_from_the_host_and_what_podman_and_systemd_said() {
     let d = tempfile::tempdir().unwrap();
-    let p = d.path().join("passwd");
-    std::fs::write(
-        &p,
-        "root:x:0:0::/root:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\n",
-    )
-    .unwrap();
-    // USER wins when set, so only check the file path when it is not.
-    if std::env::var("USER").map(|u| u.is_empty()).unwrap_or(true) {
-        assert_eq!(user_name(&p, 1001), "bob");
-    }
-    assert!(!user_name(&p, 1001).is_empty());
+    let mut host = fake::healthy(d.path());
+    host.port_free = Box::new(|p| p != crate::alloc::FIRST_API_PORT);
+    let f = HostFacts::of(&host, None, false);
+    assert_eq!(f.root, d.path());
+    assert_eq!((f.uid, f.user.as_str()), (fake::UID, fake::USER));
+    assert_eq!(f.nofile_hard, host.nofile_hard);
+    assert_eq!(f.podman_version, None);
+    assert!(!f.systemd_user && !f.first_port_free);
+    assert_eq!(find(&run_checks(&f), "ports").level, Level::Warn);
 }

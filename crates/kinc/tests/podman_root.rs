@@ -18,6 +18,7 @@ impl Drop for ImageGuard {
 }
 
 #[test]
+#[ignore = "needs root, podman, busybox, runc"]
 fn rootful_podman_create_list_delete_parallel_foreign_killed_interrupted() {
     kinc_testutil::require_root_and!("podman", "busybox", "runc");
     let pid = std::process::id();

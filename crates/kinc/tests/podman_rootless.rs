@@ -148,6 +148,7 @@ impl Drop for RootImage {
 }
 
 #[test]
+#[ignore = "needs root, podman, busybox, runc, setpriv, useradd, newuidmap"]
 fn rootless_podman_create_list_delete_parallel_foreign_killed_interrupted() {
     kinc_testutil::require_root_and!(
         "podman",

@@ -400,3 +400,224 @@ fn parse_port(p: &NetworkPolicyPort, warnings: &mut Vec<String>) -> PortSel {
         }
     }
 }
+
+/// Fail closed: every malformed peer or port entry becomes one that matches nothing, with
+/// a warning; never one that matches more (an entry skipped, a bound dropped).
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testkit::policy;
+
+    /// The single ingress rule of a policy with `rule`, and the warnings.
+    fn rule(rule: serde_json::Value) -> (Rule, Vec<String>) {
+        let p = policy(json!({
+            "metadata": { "namespace": "x", "name": "p" },
+            "spec": { "podSelector": {}, "ingress": [rule] }
+        }));
+        let mut info = PolicyInfo::from_k8s(&p).unwrap();
+        let mut rules = info.ingress.take().unwrap();
+        assert_eq!(rules.len(), 1);
+        (rules.remove(0), info.warnings)
+    }
+
+    fn peer(p: serde_json::Value) -> (Peer, Vec<String>) {
+        let (r, w) = rule(json!({ "from": [p] }));
+        let mut peers = r.peers.unwrap();
+        assert_eq!(peers.len(), 1);
+        (peers.remove(0), w)
+    }
+
+    fn port(p: serde_json::Value) -> (PortSel, Vec<String>) {
+        let (r, w) = rule(json!({ "ports": [p] }));
+        let mut ports = r.ports.unwrap();
+        assert_eq!(ports.len(), 1);
+        (ports.remove(0), w)
+    }
+
+    fn span(lo: [u8; 4], hi: [u8; 4]) -> Span {
+        (
+            u64::from(u32::from(Ipv4Addr::from(lo))),
+            u64::from(u32::from(Ipv4Addr::from(hi))),
+        )
+    }
+
+    #[test]
+    fn well_formed_blocks_are_the_cidr_minus_its_excepts() {
+        let (p, w) = peer(json!({ "ipBlock": { "cidr": "10.1.0.0/16",
+                                               "except": ["10.1.2.0/24", "fd00::/8"] } }));
+        assert_eq!(
+            p,
+            Peer::Block(vec![
+                span([10, 1, 0, 0], [10, 1, 1, 255]),
+                span([10, 1, 3, 0], [10, 1, 255, 255]),
+            ])
+        );
+        assert!(w.is_empty(), "{w:?}");
+        // Host bits are ignored, as the API server's own validation would not be here.
+        let (p, _) = peer(json!({ "ipBlock": { "cidr": "10.1.2.3/31" } }));
+        assert_eq!(p, Peer::Block(vec![span([10, 1, 2, 2], [10, 1, 2, 3])]));
+    }
+
+    #[test]
+    fn a_malformed_except_closes_the_whole_block() {
+        for except in [
+            json!(["bogus"]),
+            json!(["10.1.2.0"]),
+            json!(["10.1.2.0/33"]),
+            json!(["10.1.2.0/-1"]),
+            json!(["10.1.2/24"]),
+            json!([""]),
+            // A bad entry after a good one, and before one.
+            json!(["10.1.2.0/24", "10.1.300.0/24"]),
+            json!(["10.1.2.0/24x", "10.1.3.0/24"]),
+        ] {
+            let (p, w) = peer(json!({ "ipBlock": { "cidr": "10.1.0.0/16", "except": except } }));
+            assert_eq!(p, Peer::Nothing, "except {except}");
+            assert!(
+                w.len() == 1 && w[0].contains("ipBlock.except") && w[0].contains("matches nothing"),
+                "except {except}: {w:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_cidr_matches_nothing() {
+        for cidr in [
+            "bogus",
+            "",
+            "10.1.0.0",
+            "10.1.0.0/",
+            "10.1.0.0/33",
+            "10.1.0.0/16/8",
+            "10.1.0/16",
+            "256.1.0.0/16",
+            "/16",
+        ] {
+            let (p, w) = peer(json!({ "ipBlock": { "cidr": cidr, "except": ["10.1.2.0/24"] } }));
+            assert_eq!(p, Peer::Nothing, "cidr {cidr:?}");
+            assert!(
+                w.len() == 1 && w[0].contains("ipBlock.cidr"),
+                "cidr {cidr:?}: {w:?}"
+            );
+        }
+        // IPv6 cannot match the IPv4 pod network: nothing, and nothing to warn about.
+        let (p, w) = peer(json!({ "ipBlock": { "cidr": "fd00::/8" } }));
+        assert_eq!((p, w), (Peer::Nothing, vec![]));
+    }
+
+    #[test]
+    fn a_peer_that_mixes_or_lacks_kinds_matches_nothing() {
+        for p in [
+            json!({}),
+            json!({ "ipBlock": { "cidr": "10.1.0.0/16" }, "podSelector": {} }),
+            json!({ "ipBlock": { "cidr": "10.1.0.0/16" }, "namespaceSelector": {} }),
+            json!({ "ipBlock": { "cidr": "10.1.0.0/16" }, "podSelector": {}, "namespaceSelector": {} }),
+        ] {
+            let (got, w) = peer(p.clone());
+            assert_eq!(got, Peer::Nothing, "{p}");
+            assert!(w.len() == 1 && w[0].contains("exactly one"), "{p}: {w:?}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_selector_matches_nothing() {
+        let bad =
+            json!({ "matchExpressions": [{ "key": "pod", "operator": "Bogus", "values": ["a"] }] });
+        for (p, what) in [
+            (json!({ "podSelector": bad }), "podSelector"),
+            (json!({ "namespaceSelector": bad }), "namespaceSelector"),
+        ] {
+            let (got, w) = peer(p);
+            let Peer::Pods { namespaces, pods } = got else {
+                panic!("{what}: {got:?}");
+            };
+            let sel = match namespaces {
+                NsSel::Matching(s) if what == "namespaceSelector" => s,
+                _ => pods,
+            };
+            assert!(sel.invalid().is_some(), "{what}");
+            assert!(
+                !sel.matches(&[("pod".to_string(), "a".to_string())].into()),
+                "{what}"
+            );
+            assert!(w.len() == 1 && w[0].starts_with(what), "{what}: {w:?}");
+        }
+    }
+
+    #[test]
+    fn well_formed_ports_are_exact_ranges() {
+        let tcp = PROTO_TCP;
+        for (p, want) in [
+            (
+                json!({ "port": 80 }),
+                PortSel::Range {
+                    proto: tcp,
+                    lo: 80,
+                    hi: 80,
+                },
+            ),
+            (
+                json!({ "port": 1, "endPort": 65535, "protocol": "UDP" }),
+                PortSel::Range {
+                    proto: PROTO_UDP,
+                    lo: 1,
+                    hi: 65535,
+                },
+            ),
+            (
+                json!({ "port": 80, "endPort": 80 }),
+                PortSel::Range {
+                    proto: tcp,
+                    lo: 80,
+                    hi: 80,
+                },
+            ),
+            (
+                json!({ "protocol": "SCTP" }),
+                PortSel::Range {
+                    proto: PROTO_SCTP,
+                    lo: 0,
+                    hi: 65535,
+                },
+            ),
+            (
+                json!({ "port": "http" }),
+                PortSel::Named {
+                    proto: tcp,
+                    name: "http".into(),
+                },
+            ),
+        ] {
+            let (got, w) = port(p.clone());
+            assert_eq!(got, want, "{p}");
+            assert!(w.is_empty(), "{p}: {w:?}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_port_entry_matches_nothing() {
+        for p in [
+            json!({ "port": 80, "protocol": "ICMP" }),
+            json!({ "port": 80, "protocol": "tcp" }),
+            json!({ "protocol": "" }),
+            json!({ "port": 0 }),
+            json!({ "port": -1 }),
+            json!({ "port": 65536 }),
+            json!({ "port": 0, "endPort": 80 }),
+            json!({ "port": 90, "endPort": 80 }),
+            json!({ "port": 80, "endPort": 65536 }),
+            json!({ "port": 80, "endPort": -1 }),
+            json!({ "endPort": 80 }),
+            json!({ "port": "http", "endPort": 90 }),
+        ] {
+            let (got, w) = port(p.clone());
+            assert_eq!(got, PortSel::Nothing, "{p}");
+            assert!(
+                w.len() == 1 && w[0].contains("matches nothing"),
+                "{p}: {w:?}"
+            );
+        }
+    }
+}

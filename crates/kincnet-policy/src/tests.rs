@@ -437,6 +437,100 @@ fn inexpressible_entries_are_warned_with_the_policy_name_and_stay_closed() {
     assert!(!m.allows(ip(&t, "x/b"), ip(&t, "x/a"), PROTO_UDP, 81));
 }
 
+/// Each malformed peer or port entry, beside a well-formed one, in both directions: the
+/// malformed one allows nothing and the rest still applies. Were it skipped instead, its
+/// rule would allow more (a block without its except, every port, every peer).
+#[test]
+fn malformed_peers_and_ports_fail_closed_in_both_directions() {
+    let t = topo();
+    let (xa, xb, yc) = (ip(&t, "x/a"), ip(&t, "x/b"), ip(&t, "y/c"));
+    let pod_b = json!({ "podSelector": { "matchLabels": { "pod": "b" } } });
+    let block = |except: serde_json::Value| json!({ "ipBlock": { "cidr": "10.244.0.0/24", "except": except } });
+    let peer_cases = [
+        (
+            "except",
+            block(json!(["10.244.0.11/32", "10.244.0.300/32"])),
+        ),
+        ("except", block(json!(["not-a-cidr"]))),
+        ("except", block(json!(["10.244.0.11"]))),
+        ("cidr", json!({ "ipBlock": { "cidr": "10.244.0.0/33" } })),
+        ("cidr", json!({ "ipBlock": { "cidr": "10.244.0.0" } })),
+        (
+            "mixed peer",
+            json!({ "ipBlock": { "cidr": "10.244.0.0/24" }, "podSelector": {} }),
+        ),
+        ("empty peer", json!({})),
+        (
+            "selector",
+            json!({ "podSelector": { "matchExpressions": [{ "key": "pod", "operator": "Bogus" }] } }),
+        ),
+    ];
+    for dir in [Direction::Ingress, Direction::Egress] {
+        let key = if dir == Direction::Ingress {
+            "from"
+        } else {
+            "to"
+        };
+        let rules = if dir == Direction::Ingress {
+            "ingress"
+        } else {
+            "egress"
+        };
+        // Allows x/a <-> x/b on tcp/80 and nothing else, whatever the malformed peer said.
+        for (what, bad) in &peer_cases {
+            let mut c = controller(&t);
+            apply(
+                &mut c,
+                np(
+                    "bad-peer",
+                    json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                                      "policyTypes": ["Ingress", "Egress"],
+                                      rules: [{ key: [bad, pod_b], "ports": [{ "port": 80 }] }] }),
+                ),
+            );
+            let m = &c.enforcer().model;
+            assert_eq!(
+                m.elements(dir, xa),
+                Some([elem(xb, xb, (6, 6), (80, 80))].into()),
+                "{dir:?} {what}: {bad}"
+            );
+            let (from, to) = if dir == Direction::Ingress {
+                (yc, xa)
+            } else {
+                (xa, yc)
+            };
+            assert!(!m.allows(from, to, PROTO_TCP, 80), "{dir:?} {what}: {bad}");
+        }
+        // Allows tcp/80 from/to everyone, whatever the malformed port said.
+        for bad in [
+            json!({ "port": 0 }),
+            json!({ "port": 65536 }),
+            json!({ "port": 90, "endPort": 80 }),
+            json!({ "endPort": 90 }),
+            json!({ "port": "http", "endPort": 90 }),
+            json!({ "port": 81, "protocol": "ICMP" }),
+        ] {
+            let mut c = controller(&t);
+            apply(
+                &mut c,
+                np(
+                    "bad-port",
+                    json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                                      "policyTypes": ["Ingress", "Egress"],
+                                      rules: [{ "ports": [bad, { "port": 80 }] }] }),
+                ),
+            );
+            let all_v4 = (Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::new(255, 255, 255, 255));
+            assert_eq!(
+                c.enforcer().model.elements(dir, xa),
+                Some([elem(all_v4.0, all_v4.1, (6, 6), (80, 80))].into()),
+                "{dir:?} port {bad}"
+            );
+            assert!(!c.status().warnings.is_empty(), "{dir:?} port {bad}");
+        }
+    }
+}
+
 #[test]
 fn pods_without_address_or_on_host_network_take_no_part() {
     let t = topo();

@@ -277,6 +277,7 @@ fn spawn_controller(
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn a_wrong_token_is_refused_and_nothing_is_programmed() {
     kinc_testutil::require_root_and!("ip", "nft");
     let pid = std::process::id();
@@ -317,6 +318,7 @@ fn a_wrong_token_is_refused_and_nothing_is_programmed() {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn controller_lists_watches_and_relists_against_an_http_api_server() {
     kinc_testutil::require_root_and!("ip", "nft");
     let pid = std::process::id();

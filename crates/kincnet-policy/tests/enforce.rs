@@ -154,6 +154,7 @@ fn nft_set_len(set: &str) -> usize {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft, sysctl"]
 fn conformance_scenarios_reachability_matrix_on_a_real_bridge() {
     kinc_testutil::require_root_and!("ip", "nft", "sysctl");
     let lab = lab();

@@ -14,6 +14,7 @@ fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
 }
 
 #[test]
+#[ignore = "needs root, ip"]
 fn pod_to_pod_across_the_bridge() {
     kinc_testutil::require_root_and!("ip");
     let t = Topo::new();
@@ -70,6 +71,7 @@ fn nft(t: &Topo, cmd: &str) {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn pod_to_pod_is_routed_by_the_node_so_service_replies_and_forward_rules_work() {
     kinc_testutil::require_root_and!("ip", "nft");
     let t = Topo::new();
@@ -136,6 +138,7 @@ fn pod_to_pod_is_routed_by_the_node_so_service_replies_and_forward_rules_work() 
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn pod_to_outside_is_masqueraded_to_the_node_address() {
     kinc_testutil::require_root_and!("ip", "nft");
     let t = Topo::new();
@@ -175,6 +178,7 @@ fn udp_roundtrip(ns: &Netns, to: SocketAddrV4) -> bool {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn host_port_reachable_from_outside_node_other_pod_and_itself() {
     kinc_testutil::require_root_and!("ip", "nft");
     let t = Topo::new();
@@ -240,6 +244,7 @@ fn host_port_reachable_from_outside_node_other_pod_and_itself() {
 }
 
 #[test]
+#[ignore = "needs root, ip"]
 fn check_passes_on_healthy_pod_and_fails_without_its_veth() {
     kinc_testutil::require_root_and!("ip");
     let t = Topo::new();
@@ -272,6 +277,7 @@ fn check_passes_on_healthy_pod_and_fails_without_its_veth() {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn check_with_port_mapping_compares_the_firewall() {
     kinc_testutil::require_root_and!("ip", "nft");
     let t = Topo::new();
@@ -376,18 +382,21 @@ fn del_is_idempotent(with_ports: bool) {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn del_is_idempotent_without_ports() {
     kinc_testutil::require_root_and!("ip", "nft");
     del_is_idempotent(false);
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn del_is_idempotent_with_ports() {
     kinc_testutil::require_root_and!("ip", "nft");
     del_is_idempotent(true);
 }
 
 #[test]
+#[ignore = "needs root, ip"]
 fn hundred_parallel_adds_get_distinct_addresses() {
     kinc_testutil::require_root_and!("ip");
     let t = Topo::new();
@@ -420,6 +429,7 @@ fn hundred_parallel_adds_get_distinct_addresses() {
 }
 
 #[test]
+#[ignore = "needs root, ip"]
 fn sigkill_mid_add_then_gc_leaks_nothing() {
     kinc_testutil::require_root_and!("ip");
     let t = Topo::new();
@@ -493,6 +503,7 @@ fn sigkill_mid_add_then_gc_leaks_nothing() {
 }
 
 #[test]
+#[ignore = "needs root, ip"]
 fn gc_with_partial_list_frees_the_rest() {
     kinc_testutil::require_root_and!("ip");
     let t = Topo::new();
@@ -524,6 +535,7 @@ fn gc_with_partial_list_frees_the_rest() {
 }
 
 #[test]
+#[ignore = "needs root, ip, nft"]
 fn gc_removes_port_mappings_of_freed_pods() {
     kinc_testutil::require_root_and!("ip", "nft");
     let t = Topo::new();
@@ -540,6 +552,7 @@ fn gc_removes_port_mappings_of_freed_pods() {
 }
 
 #[test]
+#[ignore = "needs root, ip"]
 fn status_reports_an_exhausted_range() {
     kinc_testutil::require_root_and!("ip");
     let t = Topo::new();

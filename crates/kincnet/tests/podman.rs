@@ -111,6 +111,7 @@ fn build_image(podman: &Podman, dir: &Path, name: &str) {
 }
 
 #[test]
+#[ignore = "needs root, podman, runc, ip, nft, tar, busybox-static"]
 fn podman_runs_containers_on_a_kincnet_network() {
     kinc_testutil::require_root_and!("podman", "runc", "ip", "nft", "tar");
     kinc_testutil::require(

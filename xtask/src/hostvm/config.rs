@@ -322,6 +322,121 @@ pub fn mirror_from_sources(text: &str) -> Option<String> {
     None
 }
 
+/// systemd's unit file syntax (systemd.syntax(7)) read into a typed model, so tests
+/// assert what systemd will see instead of grepping the rendered text.
+#[cfg(test)]
+pub(crate) mod unit_syntax {
+    use std::collections::BTreeMap;
+
+    /// Key -> its values in order (a key given twice has two; an empty one resets).
+    pub type Section = BTreeMap<String, Vec<String>>;
+    /// Section name -> its keys.
+    pub type UnitFile = BTreeMap<String, Section>;
+
+    /// Parses `text`; Err names the first line systemd would reject or ignore.
+    pub fn parse(text: &str) -> Result<UnitFile, String> {
+        let mut unit = UnitFile::new();
+        let mut section: Option<String> = None;
+        let mut lines = text.lines().enumerate();
+        while let Some((n, raw)) = lines.next() {
+            let mut line = raw.trim().to_string();
+            // A trailing backslash continues the line; systemd joins with a space (runs of
+            // blanks are one here: no rendered unit depends on their count).
+            while let Some(head) = line.strip_suffix('\\') {
+                let Some((_, next)) = lines.next() else {
+                    return Err(format!("line {}: continues past the end", n + 1));
+                };
+                line = format!("{} {}", head.trim_end(), next.trim());
+            }
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                if name.is_empty() || name.contains(['[', ']']) {
+                    return Err(format!("line {}: bad section header {line:?}", n + 1));
+                }
+                unit.entry(name.to_string()).or_default();
+                section = Some(name.to_string());
+                continue;
+            }
+            let Some(name) = &section else {
+                return Err(format!("line {}: {line:?} before any section", n + 1));
+            };
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(format!("line {}: {line:?} is not KEY=VALUE", n + 1));
+            };
+            let key = key.trim();
+            if key.is_empty()
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(format!("line {}: bad key {key:?}", n + 1));
+            }
+            let values = unit
+                .get_mut(name)
+                .expect("the section was entered")
+                .entry(key.to_string())
+                .or_default();
+            match value.trim() {
+                "" => values.clear(),
+                v => values.push(v.to_string()),
+            }
+        }
+        Ok(unit)
+    }
+
+    /// The expected model, written out: `[(section, [(key, value), ...]), ...]`.
+    pub fn expect(sections: &[(&str, &[(&str, &str)])]) -> UnitFile {
+        let mut unit = UnitFile::new();
+        for (name, keys) in sections {
+            let s = unit.entry(name.to_string()).or_default();
+            for (k, v) in *keys {
+                s.entry(k.to_string()).or_default().push(v.to_string());
+            }
+        }
+        unit
+    }
+
+    #[test]
+    fn parses_as_systemd_does() {
+        let u = parse(
+            "# comment\n; also\n[Unit]\nDescription = a b \nAfter=x.target\nAfter=y.target\n\n\
+             [Service]\nExecStart=/bin/a \\\n    --flag\nEnvironment=A=1\nExecStartPre=/x\nExecStartPre=\n",
+        )
+        .unwrap();
+        let mut want = expect(&[
+            (
+                "Unit",
+                &[
+                    ("Description", "a b"),
+                    ("After", "x.target"),
+                    ("After", "y.target"),
+                ],
+            ),
+            (
+                "Service",
+                &[("ExecStart", "/bin/a --flag"), ("Environment", "A=1")],
+            ),
+        ]);
+        // The empty assignment reset the list.
+        want.get_mut("Service")
+            .unwrap()
+            .insert("ExecStartPre".into(), vec![]);
+        assert_eq!(u, want);
+        for bad in [
+            "Description=x\n",
+            "[Unit]\nDescription\n",
+            "[Unit]\n=x\n",
+            "[Unit]\nBad Key=x\n",
+            "[Unit\nA=b\n",
+            "[Unit]\nA=b \\\n",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,9 +490,6 @@ mod tests {
         let mid = files.iter().find(|f| f.path == "etc/machine-id").unwrap();
         assert_eq!(mid.content.trim().len(), 32);
         assert!(mid.content.trim().chars().all(|c| c.is_ascii_hexdigit()));
-        let unit = agent_unit();
-        assert!(unit.contains("ConditionPathExists=/mnt/kinc-hostvm/job.json"));
-        assert!(unit.contains("ExecStart=/mnt/kinc-hostvm/agent hostvm guest-agent"));
         assert!(initramfs_modules().lines().any(|l| l == "virtio_blk"));
         let links = host_symlinks();
         assert!(links
@@ -388,5 +500,165 @@ mod tests {
         paths.sort();
         paths.dedup();
         assert_eq!(paths.len(), files.len());
+    }
+
+    /// The agent unit as systemd reads it. The keys that matter: it waits for the 9p
+    /// control mount (RequiresMountsFor; without it the agent can start before its job
+    /// is visible), runs only when a job is there, and powers the VM off if the agent dies
+    /// before it could (FailureAction; without it a crashed agent hangs the run until
+    /// the host's timeout).
+    #[test]
+    fn agent_unit_as_systemd_reads_it() {
+        let u = unit_syntax::parse(&agent_unit()).unwrap();
+        assert_eq!(
+            u,
+            unit_syntax::expect(&[
+                (
+                    "Unit",
+                    &[
+                        (
+                            "Description",
+                            "kinc hostvm: run the job from the host, then power off"
+                        ),
+                        ("After", "multi-user.target"),
+                        ("RequiresMountsFor", "/mnt/kinc-hostvm"),
+                        ("ConditionPathExists", "/mnt/kinc-hostvm/job.json"),
+                        ("FailureAction", "poweroff-force"),
+                    ]
+                ),
+                (
+                    "Service",
+                    &[
+                        ("Type", "oneshot"),
+                        (
+                            "ExecStart",
+                            "/mnt/kinc-hostvm/agent hostvm guest-agent /mnt/kinc-hostvm"
+                        ),
+                        ("StandardOutput", "journal+console"),
+                        ("StandardError", "journal+console"),
+                    ]
+                ),
+                ("Install", &[("WantedBy", "multi-user.target")]),
+            ])
+        );
+        // The mount it waits for is the one fstab makes.
+        assert!(fstab().lines().any(
+            |l| l.split_whitespace().nth(1) == Some(u["Unit"]["RequiresMountsFor"][0].as_str())
+        ));
+        // Enabled where the default target pulls it in.
+        let enabled = format!("etc/systemd/system/multi-user.target.wants/{AGENT_UNIT}");
+        assert!(host_symlinks()
+            .iter()
+            .any(|(l, t)| *l == enabled && t.ends_with(AGENT_UNIT)));
+    }
+
+    #[test]
+    fn drop_ins_as_systemd_reads_them() {
+        let files = host_files();
+        let file = |p: &str| {
+            let f = files.iter().find(|f| f.path == p).unwrap();
+            unit_syntax::parse(&f.content).unwrap()
+        };
+        assert_eq!(
+            file("etc/systemd/system.conf.d/kinc-hostvm.conf"),
+            unit_syntax::expect(&[(
+                "Manager",
+                &[("ShowStatus", "no"), ("DefaultTimeoutStopSec", "15s")]
+            )])
+        );
+        assert_eq!(
+            file("etc/systemd/journald.conf.d/kinc-hostvm.conf"),
+            unit_syntax::expect(&[(
+                "Journal",
+                &[("Storage", "volatile"), ("ForwardToConsole", "no")]
+            )])
+        );
+        assert_eq!(
+            unit_syntax::parse(DELEGATE_DROPIN).unwrap(),
+            unit_syntax::expect(&[("Service", &[("Delegate", "cpu cpuset io memory pids")])])
+        );
+        // Every file under etc/systemd is a well-formed unit or drop-in.
+        for f in files.iter().filter(|f| f.path.starts_with("etc/systemd/")) {
+            unit_syntax::parse(&f.content).unwrap_or_else(|e| panic!("{}: {e}", f.path));
+        }
+    }
+
+    /// systemd's own reading of the guest units, in a staged root with the host's stock
+    /// units and stand-ins for the programs they run.
+    #[test]
+    #[ignore = "needs systemd-analyze and systemd's units in /usr/lib/systemd/system"]
+    fn guest_units_pass_systemd_analyze_verify() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::path::Path;
+        use std::process::Command;
+
+        use crate::hostvm::node;
+
+        kinc_testutil::require_tools(&["systemd-analyze"]);
+        let stock = ["/usr/lib/systemd/system", "/lib/systemd/system"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.join("sysinit.target").exists());
+        kinc_testutil::require(
+            stock.is_some(),
+            "systemd's units in /usr/lib/systemd/system",
+        );
+        let dir = crate::hostvm::testdir::TestDir::new("units");
+        let root = dir.path();
+        kinc_types::fsutil::copy_tree(stock.unwrap(), &root.join("usr/lib/systemd/system"))
+            .unwrap();
+        let put = |rel: &str, text: &str, mode: u32| {
+            let p = root.join(rel.trim_start_matches('/'));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        for exe in [
+            format!("{CTL_MOUNT}/agent"),
+            node::NODE_XTASK.to_string(),
+            "/usr/bin/mkdir".into(),
+            "/usr/bin/openssl".into(),
+        ] {
+            put(&exe, "#!/bin/sh\n", 0o755);
+        }
+        let verify = |units: &[std::path::PathBuf]| {
+            let out = Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(format!("--root={}", root.display()))
+                .arg("--man=no")
+                .args(units)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            (out.status.success() && stderr.trim().is_empty(), stderr)
+        };
+        let units = [
+            put(
+                &format!("etc/systemd/system/{AGENT_UNIT}"),
+                &agent_unit(),
+                0o644,
+            ),
+            put(
+                "etc/systemd/system/kinc-fake-bootstrap.service",
+                &node::fake_bootstrap_unit(),
+                0o644,
+            ),
+            put(
+                "etc/systemd/system/kinc-fake-apiserver.service",
+                &node::fake_apiserver_unit(),
+                0o644,
+            ),
+        ];
+        let (ok, stderr) = verify(&units);
+        assert!(ok, "{stderr}");
+        // It does read them: a value it cannot parse is reported.
+        put(
+            &format!("etc/systemd/system/{AGENT_UNIT}"),
+            &agent_unit().replace("poweroff-force", "poweroff-forc"),
+            0o644,
+        );
+        let (ok, stderr) = verify(&units[..1]);
+        assert!(!ok && stderr.contains("FailureAction"), "{stderr}");
     }
 }

@@ -115,11 +115,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs xz"]
     fn extracts_an_elf_behind_a_header() {
-        if crate::hostvm::cmd::which("xz").is_none() {
-            eprintln!("SKIP extracts_an_elf_behind_a_header: `xz` is not installed");
-            return;
-        }
+        kinc_testutil::require_tools(&["xz"]);
         let dir = crate::hostvm::testdir::TestDir::new("kernel");
         let payload = b"\x7fELF\x02\x01\x01 pretend kernel".repeat(100);
         let raw = dir.path().join("payload");

@@ -101,3 +101,94 @@ fn read_cluster_name() -> String {
     }
     "standin".to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hostvm::config::unit_syntax::{expect, parse};
+
+    /// Runs the stand-in once per boot, after basic.target, only where the per-run layer put
+    /// the xtask binary, and stays "active" so the status file is not rewritten by a restart.
+    #[test]
+    fn fake_bootstrap_unit_as_systemd_reads_it() {
+        let exec = format!("{NODE_XTASK} hostvm fake-bootstrap");
+        assert_eq!(
+            parse(&fake_bootstrap_unit()).unwrap(),
+            expect(&[
+                (
+                    "Unit",
+                    &[
+                        (
+                            "Description",
+                            "kinc stand-in bootstrap: writes the bootstrap status file"
+                        ),
+                        ("ConditionFileIsExecutable", NODE_XTASK),
+                        ("After", "basic.target"),
+                    ]
+                ),
+                (
+                    "Service",
+                    &[
+                        ("Type", "oneshot"),
+                        ("RemainAfterExit", "yes"),
+                        ("ExecStart", &exec),
+                    ]
+                ),
+                ("Install", &[("WantedBy", "multi-user.target")]),
+            ])
+        );
+    }
+
+    /// Makes its key and certificate before it listens, on the node's API port, and comes
+    /// back if it dies (the host waits for the port to answer).
+    #[test]
+    fn fake_apiserver_unit_as_systemd_reads_it() {
+        let port = kinc_types::config::NODE_API_PORT;
+        let (key, cert) = (
+            format!("{NODE_TLS_DIR}/key.pem"),
+            format!("{NODE_TLS_DIR}/cert.pem"),
+        );
+        let mkdir = format!("/usr/bin/mkdir -p {NODE_TLS_DIR}");
+        let req = format!(
+            "/usr/bin/openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+             -days 30 -subj /CN=kinc-fake-apiserver -keyout {key} -out {cert}"
+        );
+        let serve =
+            format!("/usr/bin/openssl s_server -quiet -www -accept {port} -key {key} -cert {cert}");
+        let description = format!("kinc stand-in API server: HTTPS on {port}");
+        assert_eq!(
+            parse(&fake_apiserver_unit()).unwrap(),
+            expect(&[
+                (
+                    "Unit",
+                    &[("Description", &description), ("After", "basic.target")]
+                ),
+                (
+                    "Service",
+                    &[
+                        ("ExecStartPre", &mkdir),
+                        ("ExecStartPre", &req),
+                        ("ExecStart", &serve),
+                        ("Restart", "always"),
+                    ]
+                ),
+                ("Install", &[("WantedBy", "multi-user.target")]),
+            ])
+        );
+    }
+
+    /// Both are enabled in the image.
+    #[test]
+    fn the_node_enables_both_units() {
+        let links = crate::hostvm::config::node_symlinks();
+        for u in ["kinc-fake-bootstrap.service", "kinc-fake-apiserver.service"] {
+            let l = format!("etc/systemd/system/multi-user.target.wants/{u}");
+            assert!(
+                links
+                    .iter()
+                    .any(|(a, b)| *a == l && *b == format!("/etc/systemd/system/{u}")),
+                "{u}: {links:?}"
+            );
+        }
+    }
+}

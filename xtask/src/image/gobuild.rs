@@ -424,6 +424,7 @@ mod tests {
     #[test]
     #[ignore = "needs Go and the module proxy"]
     fn a_refused_module_is_a_clear_error_and_caches_nothing() {
+        kinc_testutil::require_tools(&["go"]);
         let d = tempfile::tempdir().unwrap();
         let go_root = d.path().join("go");
         let m = go_root.join("crio");

@@ -651,8 +651,9 @@ fn podman(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-#[ignore = "needs podman (root): podman load of the archive"]
+#[ignore = "needs root, podman: podman load of the archive"]
 fn podman_loads_the_archive_under_its_name() {
+    kinc_testutil::require_root_and!("podman");
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("img.tar");
     let entries = sample_entries(d.path());

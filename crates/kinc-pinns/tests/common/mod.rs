@@ -25,7 +25,14 @@ pub struct NsDir {
 }
 
 impl NsDir {
+    /// Only the root-only tests (`#[ignore = "needs root: ..."]`) make one: run without
+    /// root they fail here, saying so, instead of on the first mount.
     pub fn new() -> NsDir {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "this test needs root (it is #[ignore]d for that reason)"
+        );
         NsDir {
             dir: tempfile::tempdir().expect("tempdir"),
         }
