@@ -74,6 +74,14 @@ impl CniEnv {
             validate_container_id(&container_id)?;
             validate_ifname(&ifname).map_err(|why| env_err(format!("CNI_IFNAME: {why}")))?;
         }
+        let netns = non_empty("CNI_NETNS");
+        if let Some(n) = &netns {
+            // Only a library caller can pass one (environment strings end at NUL), and
+            // the kernel would read a shorter path than the one reported.
+            if n.contains('\0') {
+                return Err(env_err(format!("CNI_NETNS: {n:?} contains a NUL byte")));
+            }
+        }
         let requested_ip = match get("CNI_ARGS") {
             Some(args) => parse_args(&args)?,
             None => None,
@@ -81,7 +89,7 @@ impl CniEnv {
         Ok(CniEnv {
             command,
             container_id,
-            netns: non_empty("CNI_NETNS").map(PathBuf::from),
+            netns: netns.map(PathBuf::from),
             ifname,
             requested_ip,
         })
@@ -159,13 +167,20 @@ mod tests {
             ("CNI_CONTAINERID", "-bad", "CNI_CONTAINERID"),
             ("CNI_IFNAME", "a/b", "CNI_IFNAME"),
             ("CNI_IFNAME", "sixteen-chars-xx", "CNI_IFNAME"),
+            // Hostile input (issue 17, item 8): names the kernel refuses (EINVAL, after
+            // the bridge was set up) or ends early.
+            ("CNI_IFNAME", "default", "CNI_IFNAME"),
+            ("CNI_IFNAME", "all", "CNI_IFNAME"),
+            ("CNI_IFNAME", "eth\u{1}", "CNI_IFNAME"),
+            ("CNI_IFNAME", "eth0\0x", "CNI_IFNAME"),
+            ("CNI_NETNS", "/run/netns/a\0b", "CNI_NETNS"),
         ] {
-            let mut p = base.to_vec();
+            let mut p: Vec<(&str, &str)> = base.iter().copied().filter(|(b, _)| *b != k).collect();
             p.push((k, v));
-            if k != "CNI_CONTAINERID" {
-                p.push(("CNI_CONTAINERID", "c1"));
-            } else {
-                p.push(("CNI_IFNAME", "eth0"));
+            for (d, dv) in [("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")] {
+                if k != d {
+                    p.push((d, dv));
+                }
             }
             let e = env(&p).unwrap_err();
             assert_eq!(e.code, Code::InvalidEnv);

@@ -109,18 +109,22 @@ impl Store {
     /// Addresses of the range still free.
     pub fn free_count(&self, ipam: &Ipam) -> u64 {
         let total = u64::from(u32::from(ipam.range_end) - u32::from(ipam.range_start)) + 1;
-        let gw_in = (ipam.range_start..=ipam.range_end).contains(&ipam.gateway) as u64;
+        let in_range = |ip: &Ipv4Addr| (ipam.range_start..=ipam.range_end).contains(ip);
+        let reserved = reserved(ipam);
         let used = self
             .data
             .allocations
             .values()
-            .filter(|r| (ipam.range_start..=ipam.range_end).contains(&r.ip) && r.ip != ipam.gateway)
+            .filter(|r| in_range(&r.ip) && !reserved.contains(&r.ip))
             .count() as u64;
-        total.saturating_sub(gw_in + used)
+        let reserved_in = reserved.iter().filter(|ip| in_range(ip)).count() as u64;
+        total.saturating_sub(reserved_in + used)
     }
 
-    /// Allocates (and saves) an address for the attachment. An attachment that already
-    /// has one keeps it, with the new mappings.
+    /// Allocates (and saves) an address for a new attachment. An attachment that already
+    /// has one is refused (code 4): the runtime must DEL it first, and answering with the
+    /// old address would let a second ADD, maybe into another netns, take over (and on
+    /// failure tear down) the first one's interface.
     pub fn allocate(
         &mut self,
         ipam: &Ipam,
@@ -130,24 +134,31 @@ impl Store {
         port_mappings: &[PortMapping],
     ) -> CniResult<Ipv4Addr> {
         let k = key(container_id, ifname);
-        if let Some(rec) = self.data.allocations.get_mut(&k) {
-            rec.port_mappings = port_mappings.to_vec();
-            let ip = rec.ip;
-            self.save()?;
-            return Ok(ip);
+        if let Some(rec) = self.data.allocations.get(&k) {
+            return Err(CniError::new(
+                Code::InvalidEnv,
+                format!(
+                    "CNI_CONTAINERID {container_id} CNI_IFNAME {ifname}: already attached \
+                     with address {} (store {}); DEL it before adding it again",
+                    rec.ip,
+                    self.dir.display()
+                ),
+            ));
         }
         let used: HashSet<Ipv4Addr> = self.data.allocations.values().map(|r| r.ip).collect();
+        let reserved = reserved(ipam);
         let ip = match requested {
             Some(ip) => {
                 if !ipam.subnet.contains(ip)
-                    || ip == ipam.gateway
+                    || reserved.contains(&ip)
                     || ip == ipam.subnet.network()
                     || ip == ipam.subnet.broadcast()
                 {
                     return Err(CniError::new(
                         Code::InvalidConfig,
                         format!(
-                            "CNI_ARGS IP={ip}: not a free host address of {}",
+                            "CNI_ARGS IP={ip}: not a free host address of {} (the gateway \
+                             and route gateways are reserved)",
                             ipam.subnet
                         ),
                     ));
@@ -160,7 +171,7 @@ impl Store {
                 }
                 ip
             }
-            None => next_free(ipam, self.data.last, &used).ok_or_else(|| {
+            None => next_free(ipam, self.data.last, &used, &reserved).ok_or_else(|| {
                 CniError::generic(format!(
                     "no IP addresses available in range {}-{} (store {})",
                     ipam.range_start,
@@ -222,8 +233,22 @@ impl Store {
     }
 }
 
+/// Addresses never handed to a pod: the gateway, and the gateways of `ipam.routes` (a
+/// route through a pod's own address is refused by the kernel, and through another pod
+/// would send traffic where the config did not mean it to go).
+fn reserved(ipam: &Ipam) -> HashSet<Ipv4Addr> {
+    std::iter::once(ipam.gateway)
+        .chain(ipam.routes.iter().filter_map(|r| r.gw))
+        .collect()
+}
+
 /// The first free address after `last`, wrapping once around the range.
-fn next_free(ipam: &Ipam, last: Option<Ipv4Addr>, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+fn next_free(
+    ipam: &Ipam,
+    last: Option<Ipv4Addr>,
+    used: &HashSet<Ipv4Addr>,
+    reserved: &HashSet<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
     let start = u32::from(ipam.range_start);
     let end = u32::from(ipam.range_end);
     let size = u64::from(end - start) + 1;
@@ -234,7 +259,7 @@ fn next_free(ipam: &Ipam, last: Option<Ipv4Addr>, used: &HashSet<Ipv4Addr>) -> O
     (1..=size).find_map(|i| {
         let v = start + ((u64::from(after - start) + i) % size) as u32;
         let ip = Ipv4Addr::from(v);
-        (ip != ipam.gateway && !used.contains(&ip)).then_some(ip)
+        (!reserved.contains(&ip) && !used.contains(&ip)).then_some(ip)
     })
 }
 
@@ -277,11 +302,41 @@ mod tests {
         assert_eq!(s.free_count(&ip), 0);
         let e = s.allocate(&ip, "e", "eth0", None, &[]).unwrap_err();
         assert!(e.msg.contains("no IP addresses available"));
-        // Same attachment again: same address.
+        // Same attachment again: refused, and its record is untouched.
+        let e = s.allocate(&ip, "c", "eth0", None, &[]).unwrap_err();
+        assert_eq!(e.code, Code::InvalidEnv, "{e:?}");
+        assert!(e.msg.contains("already attached"), "{}", e.msg);
         assert_eq!(
-            s.allocate(&ip, "c", "eth0", None, &[]).unwrap(),
-            "10.7.0.4".parse::<Ipv4Addr>().unwrap()
+            s.get("c", "eth0").map(|r| r.ip),
+            Some("10.7.0.4".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn route_gateways_are_never_handed_out() {
+        let d = tempfile::tempdir().unwrap();
+        let mut ip = ipam(d.path(), "10.7.0.2", "10.7.0.4");
+        ip.routes = vec![crate::result::Route {
+            dst: "192.0.2.0/24".parse().unwrap(),
+            gw: Some("10.7.0.3".parse().unwrap()),
+        }];
+        let mut s = Store::open(d.path()).unwrap();
+        assert_eq!(s.free_count(&ip), 2);
+        let got: Vec<Ipv4Addr> = ["a", "b"]
+            .iter()
+            .map(|c| s.allocate(&ip, c, "eth0", None, &[]).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "10.7.0.2".parse::<Ipv4Addr>().unwrap(),
+                "10.7.0.4".parse().unwrap()
+            ]
+        );
+        let e = s
+            .allocate(&ip, "c", "eth0", Some("10.7.0.3".parse().unwrap()), &[])
+            .unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub mod plugin;
 pub mod result;
 pub mod version;
 
+#[cfg(test)]
+mod hostile_props;
+
 /// `kincnet --help`.
 pub const HELP: &str = "\
 kincnet: a CNI 1.1 bridge plugin (bridge + veth + built-in IPAM + nftables NAT).

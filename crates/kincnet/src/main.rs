@@ -17,7 +17,10 @@ fn main() {
     }
     let mut stdin = Vec::new();
     // VERSION may come with no stdin at all; a read error is the same as empty input.
-    let _ = std::io::stdin().read_to_end(&mut stdin);
+    // One byte past the limit is enough for the parser to refuse it: nothing larger is
+    // held in memory.
+    let limit = kincnet::config::MAX_STDIN as u64 + 1;
+    let _ = std::io::stdin().take(limit).read_to_end(&mut stdin);
     let out = kincnet::plugin::run(&|k: &str| std::env::var(k).ok(), &stdin);
     let mut so = std::io::stdout().lock();
     let _ = so.write_all(out.stdout.as_bytes());

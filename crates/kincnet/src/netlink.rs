@@ -67,6 +67,14 @@ pub struct Link {
     pub controller: Option<u32>,
     pub up: bool,
     pub mtu: Option<u32>,
+    /// `IFLA_INFO_KIND` ("bridge", "veth", ...); `None` for a link without one (lo, a NIC).
+    pub kind: Option<String>,
+}
+
+impl Link {
+    pub fn is_bridge(&self) -> bool {
+        self.kind.as_deref() == Some("bridge")
+    }
 }
 
 pub fn mac_string(mac: &[u8; 6]) -> String {
@@ -84,6 +92,7 @@ fn to_link(m: &LinkMessage) -> Link {
         controller: None,
         up: m.header.flags.contains(LinkFlags::Up),
         mtu: None,
+        kind: None,
     };
     for a in &m.attributes {
         match a {
@@ -91,6 +100,13 @@ fn to_link(m: &LinkMessage) -> Link {
             LinkAttribute::Address(a) if a.len() == 6 => l.mac.copy_from_slice(a),
             LinkAttribute::Controller(c) => l.controller = Some(*c),
             LinkAttribute::Mtu(m) => l.mtu = Some(*m),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        l.kind = Some(k.to_string());
+                    }
+                }
+            }
             _ => {}
         }
     }

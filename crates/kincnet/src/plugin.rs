@@ -64,8 +64,7 @@ fn dispatch(
     if env::command(get)? == Command::Version {
         return Ok(version::version_info(asked));
     }
-    let conf = config::parse(stdin)?;
-    let cenv = CniEnv::read(get)?;
+    let (conf, cenv) = validate(get, stdin)?;
     let fw = firewall::for_network(&conf);
     match cenv.command {
         Command::Add => {
@@ -73,6 +72,25 @@ fn dispatch(
             Ok(serde_json::to_string(&out.render(conf.version)).expect("result serializes"))
         }
         Command::Del => del(&cenv, &conf, &fw).map(|_| String::new()),
+        Command::Check => check(&cenv, &conf, &fw).map(|_| String::new()),
+        Command::Status => status(&conf).map(|_| String::new()),
+        Command::Gc => gc(&conf, &fw).map(|_| String::new()),
+        Command::Version => unreachable!("handled above"),
+    }
+}
+
+/// Decodes and checks all of a command's input (stdin and the CNI_* environment)
+/// without touching the kernel or the filesystem, so an input error is reported with
+/// its spec code (1, 4, 6 or 7) before anything changes. What needs a look at the
+/// system (is CNI_NETNS a network namespace, is `bridge` a bridge) is checked by the
+/// commands, still before their first change.
+pub fn validate(
+    get: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> CniResult<(NetConf, CniEnv)> {
+    let conf = config::parse(stdin)?;
+    let cenv = CniEnv::read(get)?;
+    match cenv.command {
         Command::Check => {
             if !conf.version.has_check() {
                 return Err(CniError::new(
@@ -83,12 +101,25 @@ fn dispatch(
                     ),
                 ));
             }
-            check(&cenv, &conf, &fw).map(|_| String::new())
+            let prev = conf.prev_result.as_ref().ok_or_else(|| {
+                CniError::new(
+                    Code::InvalidConfig,
+                    "prevResult: missing (CHECK needs the ADD result)",
+                )
+            })?;
+            prev_ip(prev).ok_or_else(|| {
+                CniError::new(Code::InvalidConfig, "prevResult.ips: no IPv4 address")
+            })?;
         }
-        Command::Status => status(&conf).map(|_| String::new()),
-        Command::Gc => gc(&conf, &fw).map(|_| String::new()),
-        Command::Version => unreachable!("handled above"),
+        Command::Gc if conf.valid_attachments.is_none() => {
+            return Err(CniError::new(
+                Code::InvalidConfig,
+                "cni.dev/valid-attachments: missing (GC needs it)",
+            ))
+        }
+        _ => {}
     }
+    Ok((conf, cenv))
 }
 
 /// The host end's name: stable per attachment, so DEL and GC find it without state.
@@ -112,8 +143,77 @@ const MAC_POD: u8 = 0x58;
 const MAC_HOST: u8 = 0x59;
 const MAC_BRIDGE: u8 = 0x5a;
 
-fn open_netns(path: &Path) -> std::io::Result<File> {
-    File::open(path)
+/// `NS_GET_NSTYPE` (`_IO(0xb7, 0x3)`, linux/nsfs.h): the `CLONE_NEW*` type of a namespace fd.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+fn ns_type_name(t: libc::c_int) -> &'static str {
+    match t {
+        libc::CLONE_NEWPID => "pid",
+        libc::CLONE_NEWNS => "mount",
+        libc::CLONE_NEWUTS => "uts",
+        libc::CLONE_NEWIPC => "ipc",
+        libc::CLONE_NEWUSER => "user",
+        libc::CLONE_NEWCGROUP => "cgroup",
+        _ => "non-network",
+    }
+}
+
+/// Opens CNI_NETNS once it is known to be a network namespace other than the plugin's
+/// own (code 4 otherwise). The path is first resolved with O_PATH, which opens nothing:
+/// a FIFO would block and a device could act on open. A pid namespace used to pass and
+/// fail only at veth creation, after the bridge was set up; the plugin's own namespace
+/// would get the pod's interface and address.
+fn open_pod_netns(path: &Path) -> CniResult<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let bad = |why: String| {
+        CniError::new(
+            Code::InvalidEnv,
+            format!("CNI_NETNS {}: {why}", path.display()),
+        )
+    };
+    let probe = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .map_err(|e| bad(e.to_string()))?;
+    // SAFETY: statfs is plain data, filled by fstatfs on a descriptor we own.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and a valid out pointer.
+    if unsafe { libc::fstatfs(probe.as_raw_fd(), &mut sfs) } != 0 {
+        return Err(bad(std::io::Error::last_os_error().to_string()));
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between architectures
+    if sfs.f_type as i64 != libc::NSFS_MAGIC as i64 {
+        return Err(bad(
+            "not a namespace file (like /proc/PID/ns/net or /run/netns/NAME)".into(),
+        ));
+    }
+    // Reopen the very file the probe resolved, not the path again.
+    let ns = File::open(format!("/proc/self/fd/{}", probe.as_raw_fd()))
+        .map_err(|e| bad(e.to_string()))?;
+    // SAFETY: an ioctl without argument on a descriptor we own.
+    let t = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if t < 0 {
+        return Err(bad(format!(
+            "not a namespace: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    if t != libc::CLONE_NEWNET {
+        return Err(bad(format!(
+            "a {} namespace, not a network namespace",
+            ns_type_name(t)
+        )));
+    }
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let own = std::fs::metadata("/proc/thread-self/ns/net").map(id);
+    if ns.metadata().map(id).ok() == own.ok() {
+        return Err(bad(
+            "the plugin's own network namespace, not a container's".into()
+        ));
+    }
+    Ok(ns)
 }
 
 /// Sets a sysctl of the calling thread's netns to a one-digit value unless it
@@ -165,6 +265,9 @@ fn ensure_bridge(nl: &mut Netlink, conf: &NetConf, fw: &dyn Firewall) -> CniResu
             })?
         }
     };
+    // Checked by `add` already; again here because a link of this name may have been
+    // made by someone else between that check and our create.
+    not_a_bridge(conf, &link)?;
     if !link.up {
         nl.set_up(link.index)?;
     }
@@ -178,6 +281,22 @@ fn ensure_bridge(nl: &mut Netlink, conf: &NetConf, fw: &dyn Firewall) -> CniResu
     sysctl_on("net/ipv4/conf/all/route_localnet")?;
     fw.ensure()?;
     Ok(link)
+}
+
+/// `bridge` naming a link that exists and is not a bridge (code 7): refused before the
+/// gateway address and the firewall rules would be put on that link.
+fn not_a_bridge(conf: &NetConf, link: &Link) -> CniResult<()> {
+    if link.is_bridge() {
+        return Ok(());
+    }
+    Err(CniError::new(
+        Code::InvalidConfig,
+        format!(
+            "bridge: {:?} names an existing link that is not a bridge (kind {})",
+            conf.bridge,
+            link.kind.as_deref().unwrap_or("none")
+        ),
+    ))
 }
 
 fn pod_routes(conf: &NetConf) -> Vec<Route> {
@@ -205,14 +324,29 @@ fn pod_routes(conf: &NetConf) -> Vec<Route> {
 
 fn add(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<AddOutcome> {
     let netns_path = cenv.netns.as_deref().expect("CNI_NETNS checked");
-    let ns = open_netns(netns_path).map_err(|e| {
-        CniError::new(
-            Code::InvalidEnv,
-            format!("CNI_NETNS {}: {e}", netns_path.display()),
-        )
+    let ns = open_pod_netns(netns_path)?;
+    // Only reads until the allocation: a refusal up to there leaves the host as it was.
+    let mut pod = Netlink::open_in(&ns).map_err(|e| {
+        CniError::generic(format!("entering CNI_NETNS {}: {e}", netns_path.display()))
     })?;
+    // The spec: an interface of that name in the container is an error. Also what keeps
+    // a repeated ADD from replacing a working interface.
+    if pod.link_by_name(&cenv.ifname)?.is_some() {
+        return Err(CniError::new(
+            Code::InvalidEnv,
+            format!(
+                "CNI_IFNAME {}: an interface of that name already exists in CNI_NETNS {}",
+                cenv.ifname,
+                netns_path.display()
+            ),
+        ));
+    }
     let mut nl = nl_open()?;
-    let bridge = ensure_bridge(&mut nl, conf, fw)?;
+    if let Some(l) = nl.link_by_name(&conf.bridge)? {
+        not_a_bridge(conf, &l)?;
+    }
+    // Refuses an attachment that already has an address: everything undone below on
+    // failure then belongs to this call.
     let ip = Store::open(&conf.ipam.data_dir)?.allocate(
         &conf.ipam,
         &cenv.container_id,
@@ -221,22 +355,25 @@ fn add(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<AddOutcome
         &conf.port_mappings,
     )?;
     let host = host_veth_name(&cenv.container_id, &cenv.ifname);
-    match set_up_pod(&mut nl, &ns, cenv, conf, fw, &bridge, &host, ip) {
+    let made = ensure_bridge(&mut nl, conf, fw)
+        .and_then(|bridge| set_up_pod(&mut nl, &mut pod, &ns, cenv, conf, fw, &bridge, &host, ip));
+    match made {
         Ok(out) => Ok(out),
         Err(e) => {
             // Undo what this call made; report the first error, and any cleanup failure.
+            // The veth's name and the record are this attachment's; the firewall
+            // elements removed are those pointing at this call's address, which no one
+            // else can hold while its record exists.
             let mut cleanup = Vec::new();
             if let Err(ce) = nl.del_link_by_name(&host) {
                 cleanup.push(ce.to_string());
             }
-            if let Err(ce) = fw.remove_pod(ip, &conf.port_mappings) {
+            let undone = Store::open(&conf.ipam.data_dir).and_then(|mut s| {
+                fw.remove_pod(ip, &conf.port_mappings)?;
+                s.release(&cenv.container_id, &cenv.ifname)
+            });
+            if let Err(ce) = undone {
                 cleanup.push(ce.to_string());
-            }
-            match Store::open(&conf.ipam.data_dir)
-                .and_then(|mut s| s.release(&cenv.container_id, &cenv.ifname))
-            {
-                Ok(_) => {}
-                Err(ce) => cleanup.push(ce.to_string()),
             }
             if cleanup.is_empty() {
                 Err(e)
@@ -251,6 +388,7 @@ fn add(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<AddOutcome
 #[allow(clippy::too_many_arguments)]
 fn set_up_pod(
     nl: &mut Netlink,
+    pod: &mut Netlink,
     ns: &File,
     cenv: &CniEnv,
     conf: &NetConf,
@@ -290,12 +428,6 @@ fn set_up_pod(
     // Isolated only when the node routes (it is the pods' gateway); else the bridge
     // is all that connects them.
     nl.set_port_up(h.index, conf.is_gateway, conf.hairpin)?;
-    let mut pod = Netlink::open_in(ns).map_err(|e| {
-        CniError::generic(format!(
-            "entering CNI_NETNS {}: {e}",
-            cenv.netns.as_deref().unwrap_or(Path::new("")).display()
-        ))
-    })?;
     let link = pod.link_by_name(&cenv.ifname)?.ok_or_else(|| {
         CniError::generic(format!(
             "{} not found in the pod netns after creation",
@@ -335,23 +467,18 @@ fn prev_ip(prev: &RawResult) -> Option<Ipv4Network> {
 }
 
 fn del(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<()> {
-    let record = Store::open(&conf.ipam.data_dir)?
-        .get(&cenv.container_id, &cenv.ifname)
-        .cloned();
-    // The store is the truth; prevResult and the config only help if it was lost.
-    let (ip, mappings) = match &record {
-        Some(r) => (Some(r.ip), r.port_mappings.clone()),
-        None => (
-            conf.prev_result.as_ref().and_then(prev_ip).map(|n| n.ip()),
-            conf.port_mappings.clone(),
-        ),
-    };
-    if let Some(ip) = ip {
-        fw.remove_pod(ip, &mappings)?;
+    // The store stays locked until the firewall is done, so the address cannot be
+    // handed to another attachment (which would map its host ports to it) in between.
+    let mut store = Store::open(&conf.ipam.data_dir)?;
+    // Only this attachment's own record says what to undo. Without one (a repeated DEL,
+    // an ADD that never allocated) none of the firewall state is this attachment's:
+    // prevResult's address may belong to another pod by now, with the same host port.
+    // Elements left by a lost store are GC's (it compares them with the live records).
+    if let Some(rec) = store.get(&cenv.container_id, &cenv.ifname).cloned() {
+        fw.remove_pod(rec.ip, &rec.port_mappings)?;
+        store.release(&cenv.container_id, &cenv.ifname)?;
     }
-    if record.is_some() {
-        Store::open(&conf.ipam.data_dir)?.release(&cenv.container_id, &cenv.ifname)?;
-    }
+    drop(store);
     // Deleting the host end removes the pair, also when the netns is already gone.
     delete_link_detached(&host_veth_name(&cenv.container_id, &cenv.ifname))
 }
@@ -404,19 +531,15 @@ fn check_failed(msg: String) -> CniError {
 }
 
 fn check(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<()> {
-    let prev = conf.prev_result.as_ref().ok_or_else(|| {
-        CniError::new(
-            Code::InvalidConfig,
-            "prevResult: missing (CHECK needs the ADD result)",
-        )
-    })?;
-    let want_ip = prev_ip(prev)
-        .ok_or_else(|| CniError::new(Code::InvalidConfig, "prevResult.ips: no IPv4 address"))?;
+    let prev = conf.prev_result.as_ref().expect("validated");
+    let want_ip = prev_ip(prev).expect("validated");
     let want_mac = prev
         .interfaces
         .iter()
         .find(|i| i.name == cenv.ifname && i.sandbox.is_some())
         .map(|i| i.mac.to_ascii_lowercase());
+    let netns_path = cenv.netns.as_deref().expect("CNI_NETNS checked");
+    let ns = open_pod_netns(netns_path)?;
     let record = Store::open(&conf.ipam.data_dir)?
         .get(&cenv.container_id, &cenv.ifname)
         .cloned()
@@ -432,13 +555,6 @@ fn check(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<()> {
             record.ip, want_ip
         )));
     }
-    let netns_path = cenv.netns.as_deref().expect("CNI_NETNS checked");
-    let ns = open_netns(netns_path).map_err(|e| {
-        CniError::new(
-            Code::InvalidEnv,
-            format!("CNI_NETNS {}: {e}", netns_path.display()),
-        )
-    })?;
     let mut pod = Netlink::open_in(&ns).map_err(|e| {
         CniError::generic(format!("entering CNI_NETNS {}: {e}", netns_path.display()))
     })?;
@@ -526,12 +642,7 @@ fn status(conf: &NetConf) -> CniResult<()> {
 }
 
 fn gc(conf: &NetConf, fw: &dyn Firewall) -> CniResult<()> {
-    let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
-        CniError::new(
-            Code::InvalidConfig,
-            "cni.dev/valid-attachments: missing (GC needs it)",
-        )
-    })?;
+    let valid = conf.valid_attachments.as_ref().expect("validated");
     let keep: HashSet<String> = valid
         .iter()
         .map(|a| ipam::key(&a.container_id, &a.ifname))
@@ -541,13 +652,13 @@ fn gc(conf: &NetConf, fw: &dyn Firewall) -> CniResult<()> {
         .map(|a| host_veth_name(&a.container_id, &a.ifname))
         .collect();
     let mut store = Store::open(&conf.ipam.data_dir)?;
-    let removed = store.retain(&keep)?;
+    store.retain(&keep)?;
     let kept_ips: Vec<Ipv4Addr> = store.records().map(|r| r.ip).collect();
-    drop(store);
-    for r in &removed {
-        fw.remove_pod(r.ip, &r.port_mappings)?;
-    }
+    // Every element of this subnet whose address no kept record holds: the freed
+    // attachments' and any orphan, in one transaction. Under the store's lock, so an
+    // ADD cannot be handed a freed address and map a port to it in between.
     fw.retain_pods(&kept_ips)?;
+    drop(store);
     // Host ends left behind (a killed ADD, a DEL that never came): kincnet's names on
     // this network's bridge that belong to no valid attachment.
     let mut nl = nl_open()?;

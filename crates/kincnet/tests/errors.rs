@@ -201,6 +201,68 @@ fn malformed_input_gets_the_spec_error_codes() {
             7,
             "portMappings[0].hostPort",
         ),
+        // Hostile input (issue 17): each of these reached the netns (or the kernel)
+        // before; now stdin and environment are refused first, with their codes.
+        (
+            "config then garbage",
+            with(&[]),
+            format!("{g}garbage{{{{"),
+            6,
+            "exactly one JSON object",
+        ),
+        (
+            "config as a JSON array",
+            with(&[]),
+            json!(["1.0.0", "kerr", "kinc0", 1500, true, true, true,
+                   {"subnet": "10.77.0.0/24", "dataDir": dir}, null, null, null, null])
+            .to_string(),
+            6,
+            "JSON object",
+        ),
+        (
+            "NUL in bridge",
+            with(&[]),
+            patch(&|c| c["bridge"] = json!("kinc0\u{0}x")),
+            7,
+            "bridge",
+        ),
+        (
+            "route gateway outside the subnet",
+            with(&[]),
+            patch(&|c| c["ipam"]["routes"] = json!([{"dst": "192.0.2.0/24", "gw": "10.78.0.1"}])),
+            7,
+            "ipam.routes[0].gw",
+        ),
+        (
+            "too many port mappings",
+            with(&[]),
+            patch(&|c| {
+                let maps: Vec<Value> = (1..=2000)
+                    .map(|p| json!({"hostPort": p, "containerPort": 80}))
+                    .collect();
+                c["runtimeConfig"] = json!({ "portMappings": maps });
+            }),
+            7,
+            "runtimeConfig.portMappings",
+        ),
+        (
+            "one host port to two container ports",
+            with(&[]),
+            patch(&|c| {
+                c["runtimeConfig"] = json!({"portMappings": [
+                    {"hostPort": 18080, "containerPort": 80},
+                    {"hostPort": 18080, "containerPort": 81}]})
+            }),
+            7,
+            "portMappings[1].hostPort",
+        ),
+        (
+            "CNI_IFNAME the kernel refuses",
+            with(&[("CNI_IFNAME", "default")]),
+            g.to_string(),
+            4,
+            "CNI_IFNAME",
+        ),
         (
             "CNI_COMMAND missing",
             with(&[("CNI_COMMAND", "")]),

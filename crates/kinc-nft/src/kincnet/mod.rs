@@ -9,7 +9,7 @@
 
 mod rules;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ipnetwork::Ipv4Network;
@@ -147,6 +147,25 @@ pub struct NetworkFirewall {
 
 /// How many times a generation-guarded change is retried when the ruleset moved.
 const RETRIES: usize = 5;
+
+/// Elements per NEWSETELEM/DELSETELEM message. A message's element list is one netlink
+/// attribute, whose length is a u16: at about 1,800 elements it overflowed (and the
+/// encoder aborted the process). 512 elements of these maps take about 20 kB.
+const ELEMS_PER_MSG: usize = 512;
+
+/// One message per chunk of `elems`, for `add` or delete.
+fn elem_msgs(set: &Set, elems: &[Elem], add: bool) -> Vec<Msg> {
+    elems
+        .chunks(ELEMS_PER_MSG)
+        .map(|c| {
+            if add {
+                set.add_elems_msg(c)
+            } else {
+                set.del_elems_msg(c)
+            }
+        })
+        .collect()
+}
 
 fn key_and_map(m: &PortMapping) -> (&'static str, Vec<u8>) {
     let mut key = Vec::with_capacity(12);
@@ -386,26 +405,48 @@ impl NetworkFirewall {
 
     /// Programs the pod's port mappings (map elements only, one transaction). Without
     /// mappings this returns at once. A host port already mapped to another target is
-    /// [`FirewallError::PortInUse`]; the same mapping again is fine.
+    /// [`FirewallError::PortInUse`]; the same mapping again is fine, also twice in
+    /// `mappings` (it is programmed once). Two mappings of one host port to different
+    /// container ports are [`FirewallError::InvalidMapping`].
     pub fn add_pod(&self, ip: Ipv4Addr, mappings: &[PortMapping]) -> Result<(), FirewallError> {
         if mappings.is_empty() {
             return Ok(());
         }
         self.validate()?;
+        let msgs = self.add_msgs(ip, mappings)?;
+        nl::with_socket(|sock| self.add_elems(sock, ip, mappings, &msgs)).map_err(|e| self.named(e))
+    }
+
+    /// The messages `add_pod` commits: one element per distinct key, in chunks.
+    fn add_msgs(&self, ip: Ipv4Addr, mappings: &[PortMapping]) -> Result<Vec<Msg>, FirewallError> {
         mappings.iter().try_for_each(Self::check_mapping)?;
+        // Key -> container port: a key twice in one batch is either redundant or a
+        // contradiction the kernel would settle silently (last one wins).
+        let mut seen: BTreeMap<(&str, Vec<u8>), u16> = BTreeMap::new();
         let mut per_map: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
         for m in mappings {
             let (map, key) = key_and_map(m);
+            match seen.get(&(map, key.clone())) {
+                Some(port) if *port == m.container_port => continue,
+                Some(_) => {
+                    return Err(FirewallError::InvalidMapping {
+                        mapping: m.clone(),
+                        why: "its host port is mapped twice, to different container ports",
+                    })
+                }
+                None => {
+                    seen.insert((map, key.clone()), m.container_port);
+                }
+            }
             per_map
                 .entry(map)
                 .or_default()
                 .push(Elem::map(key, target(ip, m.container_port)));
         }
-        let msgs: Vec<Msg> = per_map
+        Ok(per_map
             .iter()
-            .map(|(map, elems)| self.map(map).add_elems_msg(elems))
-            .collect();
-        nl::with_socket(|sock| self.add_elems(sock, ip, mappings, &msgs)).map_err(|e| self.named(e))
+            .flat_map(|(map, elems)| elem_msgs(&self.map(map), elems, true))
+            .collect())
     }
 
     fn add_elems(
@@ -455,11 +496,24 @@ impl NetworkFirewall {
         ip: Ipv4Addr,
         mappings: &[PortMapping],
     ) -> Result<(), FirewallError> {
+        // Each key once: the same mapping twice (an old record may hold duplicates)
+        // deleted twice in one batch fails the whole batch with ENOENT, forever.
+        // A key listed with two container ports matches one of them at most (an element
+        // has one target), so the container port is part of what makes an entry unique.
+        let mut seen = BTreeSet::new();
+        let keys: Vec<(u16, &'static str, Vec<u8>)> = mappings
+            .iter()
+            .filter_map(|m| {
+                let (map, key) = key_and_map(m);
+                seen.insert((map, key.clone(), m.container_port))
+                    .then_some((m.container_port, map, key))
+            })
+            .collect();
         let mut last = None;
         for _ in 0..RETRIES {
             let mut per_map: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
-            for m in mappings {
-                let (map, key) = key_and_map(m);
+            for (port, map, key) in &keys {
+                let (port, map, key) = (*port, *map, key.clone());
                 let found = match sock.get_elem(&self.map(map), &key) {
                     Ok(f) => f,
                     // No table or map: nothing to remove.
@@ -470,14 +524,14 @@ impl NetworkFirewall {
                     .as_ref()
                     .and_then(|f| f.data.as_deref())
                     .and_then(parse_target)
-                    == Some(SocketAddrV4::new(ip, m.container_port));
+                    == Some(SocketAddrV4::new(ip, port));
                 if ours {
                     per_map.entry(map).or_default().push(Elem::key(key));
                 }
             }
             let msgs: Vec<Msg> = per_map
                 .iter()
-                .map(|(map, elems)| self.map(map).del_elems_msg(elems))
+                .flat_map(|(map, elems)| elem_msgs(&self.map(map), elems, false))
                 .collect();
             match sock.commit(&msgs, None) {
                 // Removed concurrently between our read and our delete: read again.
@@ -541,7 +595,7 @@ impl NetworkFirewall {
             let n = per_map.values().map(Vec::len).sum();
             let msgs: Vec<Msg> = per_map
                 .iter()
-                .map(|(map, elems)| self.map(map).del_elems_msg(elems))
+                .flat_map(|(map, elems)| elem_msgs(&self.map(map), elems, false))
                 .collect();
             match sock.commit(&msgs, None) {
                 Err(e) if e.is_not_found() => last = Some(e),

@@ -187,3 +187,69 @@ fn fingerprints_follow_content_and_shared_rules_agree_across_networks() {
     assert_ne!(jump(&a), jump(&c));
     assert!(jump(&a).unwrap().len() == "kinc:net:kinc0:jump ".len() + 8);
 }
+
+/// Hostile input (issue 17, item 3): thousands of mappings used to overflow the u16
+/// length of one message's element list, and the encoder's assert aborted the plugin.
+#[test]
+fn many_mappings_are_split_into_messages_that_fit() {
+    let ip = Ipv4Addr::new(10, 88, 0, 2);
+    let maps: Vec<PortMapping> = (1..=4000u16)
+        .map(|p| pm(None, p, 80, Proto::Tcp))
+        .chain((1..=1500u16).map(|p| pm(Some(Ipv4Addr::new(192, 0, 2, 1)), p, 80, Proto::Udp)))
+        .collect();
+    let msgs = fw().add_msgs(ip, &maps).unwrap();
+    assert_eq!(
+        msgs.len(),
+        4000usize.div_ceil(ELEMS_PER_MSG) + 1500usize.div_ceil(ELEMS_PER_MSG)
+    );
+    for m in &msgs {
+        assert!(
+            m.attrs.len() < 60_000,
+            "{}: {} bytes",
+            m.what,
+            m.attrs.len()
+        );
+    }
+    let total: usize = msgs
+        .iter()
+        .map(|m| m.what.split(' ').nth(1).unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(total, 5500);
+}
+
+/// Hostile input (issue 17, item 2): the same mapping twice is programmed once (twice
+/// in one batch, its later delete failed with ENOENT forever); one host port to two
+/// container ports is refused instead of letting the kernel keep the last.
+#[test]
+fn duplicate_mappings_once_and_contradictions_refused() {
+    let ip = Ipv4Addr::new(10, 88, 0, 2);
+    let m = pm(None, 18080, 80, Proto::Tcp);
+    let msgs = fw().add_msgs(ip, &[m.clone(), m.clone()]).unwrap();
+    assert_eq!(msgs.len(), 1);
+    assert!(
+        msgs[0].what.starts_with("add 1 element"),
+        "{}",
+        msgs[0].what
+    );
+    // Same port, other protocol or other hostIP: distinct keys, both kept.
+    let msgs = fw()
+        .add_msgs(
+            ip,
+            &[
+                m.clone(),
+                pm(None, 18080, 80, Proto::Udp),
+                pm(Some(Ipv4Addr::LOCALHOST), 18080, 81, Proto::Tcp),
+            ],
+        )
+        .unwrap();
+    let n: usize = msgs
+        .iter()
+        .map(|m| m.what.split(' ').nth(1).unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(n, 3);
+    let e = fw()
+        .add_msgs(ip, &[m, pm(None, 18080, 81, Proto::Tcp)])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("mapped twice"), "{e}");
+}
