@@ -36,7 +36,6 @@ pub mod step {
     pub const LOAD_IMAGES: &str = "load-images";
     pub const RESTORE_NODE: &str = "restore-node";
     pub const KUBEADM_INIT: &str = "kubeadm-init";
-    pub const REMOVE_TAINT: &str = "remove-control-plane-taint";
     pub const APPLY_MANIFESTS: &str = "apply-manifests";
     pub const SAVE_KUBECONFIG: &str = "save-kubeconfig";
     pub const WRITE_POLICY_KUBECONFIG: &str = "write-policy-kubeconfig";
@@ -52,12 +51,11 @@ pub const PREPARE_STEPS: [&str; 4] = [
     step::WRITE_CNI_CONFIG,
 ];
 /// Steps of `kinc-init bootstrap`.
-pub const BOOTSTRAP_STEPS: [&str; 10] = [
+pub const BOOTSTRAP_STEPS: [&str; 9] = [
     step::WAIT_CRI,
     step::LOAD_IMAGES,
     step::RESTORE_NODE,
     step::KUBEADM_INIT,
-    step::REMOVE_TAINT,
     step::APPLY_MANIFESTS,
     step::SAVE_KUBECONFIG,
     step::WRITE_POLICY_KUBECONFIG,
@@ -85,8 +83,6 @@ pub fn usable_node_ip(ip: Ipv4Addr) -> bool {
     !(ip.is_loopback() || ip.is_link_local() || ip.is_unspecified())
 }
 
-const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane:NoSchedule-";
-
 /// containerd's CRI plugin never garbage-collects an image with this label (kubelet's
 /// image GC sees it as pinned): a preloaded image could not be pulled back.
 pub const CRI_PINNED_LABEL: &str = "io.cri-containerd.pinned";
@@ -96,7 +92,7 @@ pub const CRI_PINNED_VALUE: &str = "pinned";
 pub struct Timeouts {
     /// The CRI's socket answering.
     pub cri: Duration,
-    /// The API server answering after a restart (taint, apply).
+    /// The API server answering after a restart (apply-manifests).
     pub api: Duration,
     pub node_ready: Duration,
     pub coredns: Duration,
@@ -412,7 +408,6 @@ impl<'a> Bootstrap<'a> {
             })?;
         }
         let node = cfg.name.container();
-        t.run(step::REMOVE_TAINT, || self.remove_taint(&node))?;
         t.run(step::APPLY_MANIFESTS, || self.apply_manifests())?;
         t.run(step::SAVE_KUBECONFIG, || self.save_kubeconfig())?;
         let note = t.run(step::WRITE_POLICY_KUBECONFIG, || {
@@ -687,30 +682,6 @@ impl<'a> Bootstrap<'a> {
             ));
         }
         Ok(notes)
-    }
-
-    fn remove_taint(&self, node: &str) -> Result<(), InitError> {
-        let cmd = self.kubectl(["taint", "nodes", node, CONTROL_PLANE_TAINT]);
-        self.retry(
-            "the API server (removing the control-plane taint)",
-            self.timeouts.api,
-            || {
-                let out = self.runner.run(&cmd)?;
-                // Already removed (a restart, or a repeated run) is the state we want.
-                if out.success()
-                    || (out.stderr.contains("taint \"") && out.stderr.contains("not found"))
-                {
-                    return Ok(());
-                }
-                Err(RunError::Failed {
-                    cmd: cmd.to_string(),
-                    code: out.code,
-                    stderr: out.stderr,
-                    stdout: out.stdout,
-                }
-                .into())
-            },
-        )
     }
 
     fn apply_manifests(&self) -> Result<(), InitError> {

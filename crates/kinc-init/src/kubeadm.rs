@@ -54,6 +54,16 @@ pub struct ApiEndpoint {
     pub bind_port: u16,
 }
 
+/// A node taint as kubeadm's `nodeRegistration.taints` takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Taint {
+    pub key: String,
+    pub effect: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeRegistration {
@@ -63,6 +73,9 @@ pub struct NodeRegistration {
     /// Preflight checks that cannot pass in a rootless node (swap, kernel modules,
     /// sysctls owned by the host); reported in the journal, not fatal.
     pub ignore_preflight_errors: Vec<String>,
+    /// Empty, not absent: kubeadm then registers the node without the control-plane
+    /// taint, so the one node runs workloads without a `kubectl taint` after init.
+    pub taints: Vec<Taint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +200,7 @@ impl KubeadmConfig {
                 cri_socket: cri.endpoint(),
                 kubelet_extra_args: vec![arg("node-ip", node_ip.to_string())],
                 ignore_preflight_errors: vec!["all".into()],
+                taints: Vec::new(),
             },
         };
         let cluster = ClusterConfiguration {

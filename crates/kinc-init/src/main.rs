@@ -34,8 +34,8 @@ enum Command {
     Prepare,
     /// Wait for the CRI, import the image's preloaded images into containerd (offline
     /// image), run `kubeadm init` (first boot only; later boots restore the
-    /// cluster and follow a changed node IP), remove the control-plane taint, apply the
-    /// cluster manifests, export the admin kubeconfig, wait for node Ready and CoreDNS.
+    /// cluster and follow a changed node IP), apply the cluster manifests, export the
+    /// admin kubeconfig, wait for node Ready and CoreDNS.
     Bootstrap,
     /// `prepare` then `bootstrap`.
     Run,

@@ -44,7 +44,6 @@ fn first_boot_runs_every_step_in_order() {
         vec![
             "crictl --runtime-endpoint unix:///var/run/crio/crio.sock info".to_string(),
             "kubeadm init --config /var/lib/kinc/kubeadm.yaml".to_string(),
-            format!("kubectl {a} taint nodes kinc-dev-control-plane node-role.kubernetes.io/control-plane:NoSchedule-"),
             format!("kubectl {a} apply -f /usr/share/kinc/manifests/cluster"),
             format!("kubectl {a} --namespace kube-system get secret kincnet-policy-token --output json"),
             format!("kubectl {a} wait --for=condition=Ready node/kinc-dev-control-plane --timeout=1s"),
@@ -60,6 +59,8 @@ fn first_boot_runs_every_step_in_order() {
         "{kubeadm}"
     );
     assert!(kubeadm.contains("podSubnet: 10.244.44.0/24"), "{kubeadm}");
+    // Registered untainted: the one node runs workloads with no `kubectl taint`.
+    assert!(kubeadm.contains("  taints: []\n"), "{kubeadm}");
     let conflist = std::fs::read_to_string(node.paths.conflist()).unwrap();
     assert!(
         conflist.contains("\"subnet\": \"10.244.44.0/24\""),
@@ -237,11 +238,7 @@ fn failed_kubeadm_init_is_in_the_status_file_and_stops_the_bootstrap() {
     );
     assert!(failed.started_at.is_some() && failed.finished_at.is_some());
     assert_eq!(state_of(&s, step::WAIT_CRI), StepState::Done);
-    for later in [
-        step::REMOVE_TAINT,
-        step::APPLY_MANIFESTS,
-        step::WAIT_NODE_READY,
-    ] {
+    for later in [step::APPLY_MANIFESTS, step::WAIT_NODE_READY] {
         assert_eq!(state_of(&s, later), StepState::Pending, "{later}");
     }
     assert!(
