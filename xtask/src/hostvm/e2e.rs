@@ -174,10 +174,13 @@ pub const CHECKS: &[Check] = &[
         "podman import of the stand-in rootfs, plus a layer with the workspace binaries",
         true,
     ),
-    real(check(
-        "real-image",
-        "podman load of the offline node image (containerd, Kubernetes from Go modules)",
-        true,
+    real(timeout(
+        1200,
+        check(
+            "real-image",
+            "podman load of the offline node image (containerd, Kubernetes from Go modules)",
+            true,
+        ),
     )),
     real(timeout(
         1800,
