@@ -19,12 +19,10 @@ pub enum ConfigError {
         #[source]
         err: std::io::Error,
     },
-    #[error("invalid crun-wrapper config {path}: {err}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        err: toml::de::Error,
-    },
+    /// `msg` says where and what, with at most a short excerpt of the file (toml's own
+    /// `Display` quotes the whole offending line).
+    #[error("invalid crun-wrapper config {path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
 }
 
 /// Contents of `crun-wrapper.toml`. Every key is optional.
@@ -95,9 +93,21 @@ impl Config {
 }
 
 pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|err| ConfigError::Parse {
-        path: path.to_path_buf(),
-        err,
+    toml::from_str(text).map_err(|err| {
+        let what = crate::excerpt::bounded(err.message());
+        let msg = match err.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+                format!("line {line}, column {column}: {what}")
+            }
+            None => what,
+        };
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            msg,
+        }
     })
 }
 
@@ -140,6 +150,34 @@ mod tests {
             msg.contains("/etc/x.toml") && msg.contains("crunn"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn parse_errors_say_where_with_a_short_excerpt() {
+        let text = format!(
+            "no_new_keyring = true\ncrun = \"{}SECRET=hunter2\"\nlog_max_bytes = \"x\"\n",
+            "A".repeat(100_000)
+        );
+        let msg = parse_file(Path::new("/etc/x.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("invalid crun-wrapper config /etc/x.toml: line 3, column 17: "),
+            "{msg}"
+        );
+        assert!(msg.len() < 200 && !msg.contains("SECRET"), "{msg}");
+        let text = format!(
+            "crun = \"/x\"\nlog_file = 7 # {}SECRET\n",
+            "A".repeat(100_000)
+        );
+        let msg = parse_file(Path::new("/x.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 2, column 12: invalid type: integer `7`"),
+            "{msg}"
+        );
+        assert!(msg.len() < 200 && !msg.contains("SECRET"), "{msg}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `crun-wrapper explain BUNDLE`: the rules' verdict on a bundle, without changing it.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -49,9 +50,11 @@ pub fn explain(
     lsm: Lsm,
 ) -> Result<Explanation, String> {
     let path = bundle.join(config);
-    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut spec = match rewrite::parse_spec(&bytes) {
-        Ok(s) => s,
+    let parsed = rewrite::read_spec(&path)
+        .map_err(|e| e.to_string())?
+        .and_then(|bytes| rewrite::parse_spec(&bytes).map(|s| s.value));
+    let mut spec = match parsed {
+        Ok(v) => v,
         Err(why) => {
             return Ok(Explanation {
                 spec: path,
@@ -63,7 +66,11 @@ pub fn explain(
     };
     let oci_spec_check = match serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()) {
         Ok(_) => "ok".to_string(),
-        Err(e) => format!("oci-spec cannot type it: {e}"),
+        // serde quotes the offending value whole: keep an excerpt.
+        Err(e) => format!(
+            "oci-spec cannot type it: {}",
+            crate::excerpt::bounded(&e.to_string())
+        ),
     };
     let report = rules::apply(&mut spec, caller, lsm);
     Ok(Explanation {
@@ -120,24 +127,30 @@ pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
     let caller = match Caller::from_kernel() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("crun-wrapper explain: {e}");
+            let _ = writeln!(std::io::stderr(), "crun-wrapper explain: {e}");
             return 1;
         }
     };
-    match explain(&a.bundle, &a.config, &caller, Lsm::from_kernel()) {
+    let text = match explain(&a.bundle, &a.config, &caller, Lsm::from_kernel()) {
         Ok(e) if a.json || a.output == "json" => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&e).expect("serializable")
-            );
-            0
+            serde_json::to_string_pretty(&e).expect("serializable") + "\n"
         }
-        Ok(e) => {
-            print!("{}", render_text(&e, &caller));
-            0
-        }
+        Ok(e) => render_text(&e, &caller),
         Err(msg) => {
-            eprintln!("crun-wrapper explain: {msg}");
+            let _ = writeln!(std::io::stderr(), "crun-wrapper explain: {msg}");
+            return 1;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        // The reader is gone (`| head -1`): nothing left to do, like ripgrep.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "crun-wrapper explain: writing to stdout: {e}"
+            );
             1
         }
     }

@@ -7,8 +7,10 @@
 pub mod args;
 pub mod caller;
 pub mod config;
+pub mod excerpt;
 pub mod explain;
 pub mod log;
+pub mod patch;
 pub mod rewrite;
 pub mod rules;
 
@@ -35,7 +37,10 @@ the calling process cannot grant, one log line per change:
   linux.sysctl ping_group_range   narrowed to mapped gids
   apparmorProfile, selinuxLabel, mountLabel   removed when that module is off
 process.user is never changed: an unmapped uid/gid is reported and left to crun.
-A config.json that is not JSON is passed to crun unchanged. Other verbs pass through.
+Only the changed values are rewritten; every other byte of the file is kept.
+A config.json that is not JSON, or has a key twice in one object, is passed to crun
+unchanged. Other verbs pass through. Log lines that cannot be written are dropped:
+crun runs whatever stdout and stderr are.
 
   crun-wrapper explain [--json] BUNDLE   show what would change and why, change nothing
 
@@ -53,7 +58,7 @@ pub fn wrap(args: Vec<OsString>) -> i32 {
     let config = match Config::load(&env) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("crun-wrapper: {e}");
+            log::stderr_line(&e.to_string());
             return 1;
         }
     };
@@ -117,10 +122,11 @@ pub fn exec_crun(config: &Config, argv: &[OsString]) -> i32 {
         .arg0(&config.crun)
         .args(argv)
         .exec();
-    eprintln!(
-        "{}",
-        missing_crun_message(&config.crun, &config.crun_source, &err)
-    );
+    log::stderr_line(&missing_crun_message(
+        &config.crun,
+        &config.crun_source,
+        &err,
+    ));
     match err.kind() {
         std::io::ErrorKind::NotFound => 127,
         _ => 126,
@@ -129,7 +135,7 @@ pub fn exec_crun(config: &Config, argv: &[OsString]) -> i32 {
 
 pub fn missing_crun_message(crun: &Path, source: &str, err: &std::io::Error) -> String {
     format!(
-        "crun-wrapper: cannot run the real crun {} (from {source}): {err}; set `crun` in {} or the {} environment variable",
+        "cannot run the real crun {} (from {source}): {err}; set `crun` in {} or the {} environment variable",
         crun.display(),
         kinc_types::node::CRUN_WRAPPER_CONFIG,
         config::ENV_CRUN

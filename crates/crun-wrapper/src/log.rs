@@ -1,5 +1,8 @@
 //! One line per change, to stderr (CRI-O keeps the runtime's stderr) or to a file that
 //! is rotated once it reaches a size, so nothing grows without bound.
+//!
+//! A line that cannot be written is dropped: the wrapper's job is to reach crun, and
+//! stderr may be a closed pipe or a full disk (`eprintln!` would panic there).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -13,7 +16,7 @@ pub enum Logger {
 impl Logger {
     pub fn line(&self, msg: &str) {
         match self {
-            Logger::Stderr => eprintln!("crun-wrapper: {msg}"),
+            Logger::Stderr => stderr_line(msg),
             Logger::File { path, max_bytes } => {
                 if std::fs::metadata(path).is_ok_and(|m| m.len() >= *max_bytes) {
                     let mut old = path.clone().into_os_string();
@@ -32,14 +35,16 @@ impl Logger {
                     // One write per line: O_APPEND keeps concurrent wrappers' lines whole.
                     .and_then(|mut f| f.write_all(line.as_bytes()));
                 if let Err(e) = written {
-                    eprintln!(
-                        "crun-wrapper: cannot write log {}: {e}; {msg}",
-                        path.display()
-                    );
+                    stderr_line(&format!("cannot write log {}: {e}; {msg}", path.display()));
                 }
             }
         }
     }
+}
+
+/// `crun-wrapper: <msg>` on stderr, if stderr takes it.
+pub fn stderr_line(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "crun-wrapper: {msg}");
 }
 
 #[cfg(test)]

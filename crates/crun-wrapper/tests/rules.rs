@@ -329,3 +329,87 @@ fn explain_reports_without_writing() {
         e.report.changes.len()
     );
 }
+
+/// Issue 17 item 9: numbers a `serde_json::Value` cannot hold exactly (a uid beyond u64,
+/// an unknown field below i64, `1.0e2`, `-0`), escapes and layout survive a rewrite byte
+/// for byte; only the values the rules change differ, and `process.user` never does.
+#[test]
+fn rewrite_changes_only_the_bytes_of_changed_values() {
+    let before = r#"{
+  "ociVersion": "1.0.2",
+  "process": {
+    "user": { "uid": 18446744073709551616, "gid": -0, "additionalGids": [1.0e2] },
+    "oomScoreAdj": -1000,
+    "capabilities": {
+      "bounding": [ "CAP_SYS_TIME", "CAP_CHOWN", "CAP_SYS_MODULE", "CAP_KILL", "CAP_BPF" ],
+      "x-kind": "\u00e9\/"
+    },
+    "apparmorProfile": "crio-default",
+    "x-unknown": -9223372036854775809
+  },
+  "linux": {"mountLabel": "system_u:object_r:container_file_t:s0", "x-big": 123456789012345678901234567890}
+}"#;
+    let after = r#"{
+  "ociVersion": "1.0.2",
+  "process": {
+    "user": { "uid": 18446744073709551616, "gid": -0, "additionalGids": [1.0e2] },
+    "oomScoreAdj": 200,
+    "capabilities": {
+      "bounding": [ "CAP_CHOWN", "CAP_KILL" ],
+      "x-kind": "\u00e9\/"
+    },
+    "x-unknown": -9223372036854775809
+  },
+  "linux": {"x-big": 123456789012345678901234567890}
+}"#;
+    let (report, out) =
+        crun_wrapper::rewrite::rewrite_bytes(before.as_bytes(), &kinc_caller(), NO_LSM).unwrap();
+    assert_eq!(report.changes.len(), 4, "{report:?}");
+    assert_eq!(String::from_utf8(out.unwrap()).unwrap(), after);
+}
+
+#[test]
+fn duplicate_keys_leave_the_spec_to_crun() {
+    // serde_json reads the last oomScoreAdj, other readers the first: no edit is safe.
+    let spec = br#"{"process":{"oomScoreAdj":-1000,"oomScoreAdj":-999}}"#;
+    let e = crun_wrapper::rewrite::rewrite_bytes(spec, &kinc_caller(), NO_LSM).unwrap_err();
+    assert!(e.contains("duplicate key \"oomScoreAdj\""), "{e}");
+}
+
+#[test]
+fn only_a_regular_file_of_bounded_size_is_read() {
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("config.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // Would block forever without O_NONBLOCK (no writer).
+    let out = rewrite_file(&fifo, &kinc_caller(), NO_LSM).unwrap();
+    assert_eq!(out, Outcome::Malformed("not a regular file".into()));
+    let big = d.path().join("big.json");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(crun_wrapper::rewrite::MAX_SPEC_BYTES + 1)
+        .unwrap();
+    let out = rewrite_file(&big, &kinc_caller(), NO_LSM).unwrap();
+    assert!(
+        matches!(out, Outcome::Malformed(ref w) if w.contains("larger than")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn explain_quotes_at_most_an_excerpt_of_a_bad_value() {
+    let d = tempfile::tempdir().unwrap();
+    let big = format!("{}SECRET", "A".repeat(100_000));
+    let spec =
+        json!({"ociVersion": "1.0.2", "process": {"args": big, "cwd": "/"}, "root": {"path": "r"}});
+    std::fs::write(d.path().join("config.json"), spec.to_string()).unwrap();
+    let e =
+        crun_wrapper::explain::explain(d.path(), "config.json".as_ref(), &kinc_caller(), NO_LSM)
+            .unwrap();
+    let c = &e.oci_spec_check;
+    assert!(
+        c.starts_with("oci-spec cannot type it") && c.len() < 300 && !c.contains("SECRET"),
+        "{c}"
+    );
+}

@@ -332,7 +332,8 @@ impl<R: Runner> Kinc<R> {
                 path: kinc_types::status::STATUS_PATH.into(),
             });
         }
-        BootstrapStatus::load(&p).map_err(|e| ClusterError::Other(e.to_string()))
+        BootstrapStatus::load(&p)
+            .map_err(|e| ClusterError::Other(crate::excerpt::bounded(&e.to_string())))
     }
 
     /// The admin kubeconfig as the host sees it: context `kinc-<name>`, server on

@@ -1,5 +1,5 @@
 //! Turns parsed commands into library calls and prints results: listings on stdout
-//! (text or `-o json`), progress and notes on stderr.
+//! (text or `-o json`), progress and notes on stderr, both through [`crate::out`].
 
 use std::time::Duration;
 
@@ -22,8 +22,7 @@ fn kinc() -> Result<Kinc<SystemRunner>> {
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    outln!("{}", serde_json::to_string_pretty(v)?)
 }
 
 /// Whether `--name` came from the command line or the environment (not the default).
@@ -57,18 +56,17 @@ pub fn run(cli: Cli) -> Result<()> {
                 Output::Json => json(&list),
                 Output::Text => {
                     if list.is_empty() {
-                        eprintln!("No kinc clusters found.");
+                        errln!("No kinc clusters found.");
                     }
                     for c in list {
-                        println!("{}", c.name);
+                        outln!("{}", c.name)?;
                     }
                     Ok(())
                 }
             }
         }
         Command::Get(GetCmd::Kubeconfig(n)) => {
-            print!("{}", kinc()?.kubeconfig(&n.name)?.to_yaml());
-            Ok(())
+            out!("{}", kinc()?.kubeconfig(&n.name)?.to_yaml())
         }
         Command::Export(ExportCmd::Kubeconfig { name, kubeconfig }) => {
             let mut k = kinc()?;
@@ -76,7 +74,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 k.kubeconfig_path = Some(p);
             }
             let path = k.export_kubeconfig(&name.name)?;
-            eprintln!(
+            errln!(
                 "Set kubectl context to \"{}\" in {} (`kubectl cluster-info --context {}`)",
                 name.name.context(),
                 path.display(),
@@ -93,7 +91,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     }
                     kinc::images::LoadedVia::Archive => "copied into the node",
                 };
-                eprintln!("Image {img:?} {how} on cluster {}", name.name);
+                errln!("Image {img:?} {how} on cluster {}", name.name);
             }
             Ok(())
         }
@@ -102,14 +100,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Test(a) => live_test(a),
         Command::Logs(a) => {
             let l = kinc()?.logs(&a.name.name, a.tail)?;
-            println!("==> container {} <==", a.name.name.container());
-            print!("{}", l.container);
-            println!("==> node journal <==");
+            outln!("==> container {} <==", a.name.name.container())?;
+            out!("{}", l.container)?;
+            outln!("==> node journal <==")?;
             match l.journal {
-                Ok(j) => print!("{j}"),
-                Err(why) => println!("({why})"),
+                Ok(j) => out!("{j}"),
+                Err(why) => outln!("({why})"),
             }
-            Ok(())
         }
     }
 }
@@ -168,9 +165,9 @@ fn delete(names: &[ClusterName], quiet: bool) -> Result<()> {
             continue;
         }
         if r.is_empty() {
-            eprintln!("Cluster \"{n}\" has no resources: nothing to delete");
+            errln!("Cluster \"{n}\" has no resources: nothing to delete");
         } else {
-            eprintln!(
+            errln!(
                 "Deleted cluster \"{n}\": containers [{}], volumes [{}], units [{}]",
                 r.containers.join(", "),
                 r.volumes.join(", "),
@@ -182,14 +179,14 @@ fn delete(names: &[ClusterName], quiet: bool) -> Result<()> {
             );
         }
         if let Some(p) = r.kubeconfig {
-            eprintln!("Removed context {} from {}", n.context(), p.display());
+            errln!("Removed context {} from {}", n.context(), p.display());
         }
     }
     Ok(())
 }
 
-fn print_status(s: &BootstrapStatus) {
-    println!("cluster {}: {:?} (boot {})", s.cluster, s.phase, s.boot);
+fn print_status(s: &BootstrapStatus) -> Result<()> {
+    outln!("cluster {}: {:?} (boot {})", s.cluster, s.phase, s.boot)?;
     for st in &s.steps {
         let mark = match st.state {
             StepState::Done => "✓",
@@ -207,8 +204,9 @@ fn print_status(s: &BootstrapStatus) {
             .as_deref()
             .map(|m| format!(": {m}"))
             .unwrap_or_default();
-        println!(" {mark} {}{took}{msg}", st.name);
+        outln!(" {mark} {}{took}{msg}", st.name)?;
     }
+    Ok(())
 }
 
 fn status(a: StatusArgs) -> Result<()> {
@@ -218,8 +216,8 @@ fn status(a: StatusArgs) -> Result<()> {
         let s = k.status(&a.name.name)?;
         if last.as_ref() != Some(&s) {
             match a.output {
-                Output::Json => println!("{}", serde_json::to_string(&s)?),
-                Output::Text => print_status(&s),
+                Output::Json => outln!("{}", serde_json::to_string(&s)?)?,
+                Output::Text => print_status(&s)?,
             }
         }
         let finished = s.phase != kinc_types::status::Phase::Bootstrapping;
@@ -242,9 +240,9 @@ fn doctor(a: DoctorArgs) -> Result<()> {
                     Level::Warn => "warn",
                     Level::Fail => "FAIL",
                 };
-                println!("[{mark}] {:<18} {}", f.check, f.summary);
+                outln!("[{mark}] {:<18} {}", f.check, f.summary)?;
                 if let Some(fix) = &f.fix {
-                    println!("       fix: {fix}");
+                    outln!("       fix: {fix}")?;
                 }
             }
         }
@@ -277,7 +275,7 @@ fn live_test(a: TestArgs) -> Result<()> {
         Output::Text => {
             for r in &results {
                 let mark = if r.ok { "PASS" } else { "FAIL" };
-                println!("[{mark}] {:<12} {} ({:.1}s)", r.check, r.detail, r.seconds);
+                outln!("[{mark}] {:<12} {} ({:.1}s)", r.check, r.detail, r.seconds)?;
             }
         }
     }

@@ -3,6 +3,7 @@
 //! waiting for the node's bootstrap with a spinner per step. Any failure or Ctrl-C
 //! removes what was made, unless `--retain`.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,9 @@ use crate::progress::Progress;
 use crate::quadlet;
 use crate::routes;
 use crate::runner::Runner;
+
+/// Largest `--config` file read; anything bigger is not a cluster options file.
+pub const MAX_OPTIONS_FILE: u64 = 1 << 20;
 
 /// The optional `--config FILE` (YAML or JSON): every field may be left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -43,8 +47,18 @@ impl ClusterOptionsFile {
             path: path.display().to_string(),
             msg,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let f: Self = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_OPTIONS_FILE + 1).read_to_string(&mut text))
+            .map_err(|e| bad(e.to_string()))?;
+        if text.len() as u64 > MAX_OPTIONS_FILE {
+            return Err(bad(format!(
+                "larger than {} KiB; a cluster options file is a few lines",
+                MAX_OPTIONS_FILE >> 10
+            )));
+        }
+        // The parser's message quotes the offending value: bounded, it may be a secret.
+        let f: Self = serde_yaml::from_str(&text).map_err(|e| bad(crate::excerpt::yaml(&e)))?;
         if let Some(v) = &f.api_version {
             if v != kinc_types::config::API_VERSION {
                 return Err(bad(format!(

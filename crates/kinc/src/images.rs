@@ -110,7 +110,8 @@ impl<R: Runner> Kinc<R> {
         };
         let info: NodeImageInfo = serde_json::from_str(&text).map_err(|e| {
             ClusterError::Other(format!(
-                "parsing node image info {NODE_IMAGE_INFO} of node {node}: {e}"
+                "parsing node image info {NODE_IMAGE_INFO} of node {node}: {}",
+                crate::excerpt::json(&e)
             ))
         })?;
         Ok(info.cri)

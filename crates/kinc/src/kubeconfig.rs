@@ -93,11 +93,9 @@ pub enum KubeconfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("parsing kubeconfig {path}: {source}")]
-    Parse {
-        path: String,
-        source: serde_yaml::Error,
-    },
+    /// `msg` is bounded ([`crate::excerpt`]): a kubeconfig holds keys and tokens.
+    #[error("parsing kubeconfig {path}: {msg}")]
+    Parse { path: String, msg: String },
     #[error("kubeconfig {path} has no {what}")]
     Incomplete { path: String, what: &'static str },
     #[error("cannot find a kubeconfig path: set KUBECONFIG or HOME")]
@@ -109,9 +107,9 @@ impl Kubeconfig {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_yaml::from_str(text).map_err(|source| KubeconfigError::Parse {
+        serde_yaml::from_str(text).map_err(|e| KubeconfigError::Parse {
             path: path.into(),
-            source,
+            msg: crate::excerpt::yaml(&e),
         })
     }
 

@@ -5,6 +5,7 @@ pub mod alloc;
 pub mod cluster;
 pub mod create;
 pub mod doctor;
+pub mod excerpt;
 pub mod host;
 pub mod images;
 pub mod kubeconfig;

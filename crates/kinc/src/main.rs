@@ -1,5 +1,7 @@
 //! `kinc`: parse the command line, run it, print errors kind-style.
 
+#[macro_use]
+mod out;
 mod cli;
 mod commands;
 
@@ -8,7 +10,10 @@ use clap::Parser;
 fn main() {
     let cli = cli::Cli::parse();
     if let Err(e) = commands::run(cli) {
-        eprintln!("ERROR: {e:#}");
+        if e.downcast_ref::<out::Gone>().is_some() {
+            return;
+        }
+        errln!("ERROR: {e:#}");
         std::process::exit(1);
     }
 }

@@ -15,11 +15,9 @@ pub const PODMAN: &str = "podman";
 pub enum PodmanError {
     #[error(transparent)]
     Run(#[from] RunError),
-    #[error("reading the JSON of `podman {what}`: {source}")]
-    Json {
-        what: String,
-        source: serde_json::Error,
-    },
+    /// `msg` is bounded ([`crate::excerpt`]).
+    #[error("reading the JSON of `podman {what}`: {msg}")]
+    Json { what: String, msg: String },
     #[error("`podman {what}` returned nothing for {name}")]
     Missing { what: String, name: String },
 }
@@ -150,9 +148,9 @@ impl<R: Runner> Podman<R> {
     fn json<T: for<'de> Deserialize<'de>>(&self, args: Vec<String>) -> Result<T, PodmanError> {
         let out = self.runner.run(PODMAN, &args)?;
         let text = out.stdout_str();
-        serde_json::from_str(&text).map_err(|source| PodmanError::Json {
+        serde_json::from_str(&text).map_err(|e| PodmanError::Json {
             what: args.join(" "),
-            source,
+            msg: crate::excerpt::json(&e),
         })
     }
 
@@ -166,11 +164,10 @@ impl<R: Runner> Podman<R> {
         if text.trim().is_empty() {
             return Ok(Vec::new());
         }
-        let v: Option<Vec<T>> =
-            serde_json::from_str(&text).map_err(|source| PodmanError::Json {
-                what: args.join(" "),
-                source,
-            })?;
+        let v: Option<Vec<T>> = serde_json::from_str(&text).map_err(|e| PodmanError::Json {
+            what: args.join(" "),
+            msg: crate::excerpt::json(&e),
+        })?;
         Ok(v.unwrap_or_default())
     }
 
@@ -222,9 +219,9 @@ impl<R: Runner> Podman<R> {
             return Ok(None);
         }
         let v: Option<Vec<VolumeSummary>> =
-            serde_json::from_str(&out.stdout_str()).map_err(|source| PodmanError::Json {
+            serde_json::from_str(&out.stdout_str()).map_err(|e| PodmanError::Json {
                 what: args.join(" "),
-                source,
+                msg: crate::excerpt::json(&e),
             })?;
         Ok(v.unwrap_or_default().into_iter().next())
     }

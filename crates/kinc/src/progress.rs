@@ -121,7 +121,7 @@ impl Progress {
                 b.set_style(ProgressStyle::with_template("{msg}").expect("static template"));
                 b.finish_with_message(line);
             }
-            (Mode::Lines, _) => eprintln!("{line}"),
+            (Mode::Lines, _) => stderr_line(&line),
             _ => {}
         }
     }
@@ -132,10 +132,17 @@ impl Progress {
             Mode::Spinners => {
                 let _ = Self::multi().println(msg);
             }
-            Mode::Lines => eprintln!("{msg}"),
+            Mode::Lines => stderr_line(msg),
             Mode::Quiet => {}
         }
     }
+}
+
+/// Progress is best effort: a closed or full stderr must not stop a create
+/// (`eprintln!` would panic there).
+fn stderr_line(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
 }
 
 pub fn fmt_elapsed(d: Duration) -> String {

@@ -147,7 +147,8 @@ impl Runner for SystemRunner {
 
 fn tracing_debug(cmd: &CommandLine) {
     if std::env::var_os("KINC_DEBUG").is_some() {
-        eprintln!("+ {cmd}");
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "+ {cmd}");
     }
 }
 

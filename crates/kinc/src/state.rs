@@ -22,11 +22,9 @@ pub enum StateError {
         path: String,
         source: std::io::Error,
     },
-    #[error("parsing {path}: {source}")]
-    Parse {
-        path: String,
-        source: serde_json::Error,
-    },
+    /// `msg` is bounded ([`crate::excerpt`]).
+    #[error("parsing {path}: {msg}")]
+    Parse { path: String, msg: String },
     #[error("cannot find a data directory: set XDG_DATA_HOME or HOME")]
     NoDataDir,
 }
@@ -112,9 +110,9 @@ impl LockedState {
         lock.lock().map_err(io("locking", &lock_path))?;
         let path = dir.join(STATE_FILE);
         let state = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|source| StateError::Parse {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| StateError::Parse {
                 path: path.display().to_string(),
-                source,
+                msg: crate::excerpt::json(&e),
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(io("reading", &path)(e)),

@@ -1,5 +1,6 @@
 //! kincnet-policy: NetworkPolicy enforcement for kinc clusters (thin main; see lib.rs).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -45,12 +46,12 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     if cli.status {
         let s = runner::read_status(&cli.status_file).map_err(anyhow::Error::msg)?;
-        if cli.output == "json" {
-            println!("{}", serde_json::to_string_pretty(&s)?);
+        let text = if cli.output == "json" {
+            serde_json::to_string_pretty(&s)? + "\n"
         } else {
-            print!("{s}");
-        }
-        return Ok(());
+            s.to_string()
+        };
+        return print(&text);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -82,4 +83,16 @@ async fn main() -> Result<()> {
     };
     runner::run(client, &mut ctl, &opts).await?;
     Ok(())
+}
+
+/// Writes `text` to stdout. A reader that left (`--status | head -1`) ends the command
+/// quietly, as ripgrep does; `println!` would panic (an abort in the release build).
+fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing the status to stdout"))
+        }
+        _ => Ok(()),
+    }
 }
