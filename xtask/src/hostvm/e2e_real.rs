@@ -116,7 +116,26 @@ pub(crate) fn diagnose(cluster: &str) {
             "40",
         ]);
     }
+    kubectl_in_node(&["get", "endpointslices", "--all-namespaces", "-o", "wide"]);
+    kubectl_in_node(&["get", "services", "--all-namespaces", "-o", "wide"]);
+    // The node's network as kube-proxy and kincnet left it: where a Service's packets go.
     let _ = sh(&["podman", "exec", &n, "nft", "list", "tables"]);
+    let _ = sh(&[
+        "podman",
+        "exec",
+        &n,
+        "nft",
+        "list",
+        "table",
+        "ip",
+        "kube-proxy",
+    ]);
+    let _ = sh(&[
+        "podman", "exec", &n, "nft", "list", "table", "ip", "kincnet",
+    ]);
+    let _ = sh(&["podman", "exec", &n, "ip", "-d", "link", "show"]);
+    let _ = sh(&["podman", "exec", &n, "ip", "-4", "addr", "show"]);
+    let _ = sh(&["podman", "exec", &n, "ip", "route", "show", "table", "all"]);
     let _ = sh(&[
         "podman",
         "exec",
