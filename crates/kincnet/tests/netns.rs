@@ -139,6 +139,31 @@ fn pod_to_pod_is_routed_by_the_node_so_service_replies_and_forward_rules_work() 
 
 #[test]
 #[ignore = "needs root, ip, nft"]
+fn pod_reaches_a_node_local_server_through_a_service_dnat() {
+    kinc_testutil::require_root_and!("ip", "nft");
+    // The `kubernetes` Service: a ClusterIP DNATed to the API server on the node itself.
+    let t = Topo::new();
+    let p1 = Netns::new("knp");
+    let r1 = t.add(&t.conf("1.1.0"), &unique("c"), &p1);
+    echo_peer_server(&t.node.path(), addr(NODE_OUT_IP, 6443));
+    let vip = Ipv4Addr::new(10, 96, 0, 1);
+    nft(&t, "add table ip svc");
+    nft(
+        &t,
+        "add chain ip svc pre { type nat hook prerouting priority -100 ; }",
+    );
+    nft(
+        &t,
+        &format!("add rule ip svc pre ip daddr {vip} tcp dport 443 dnat to {NODE_OUT_IP}:6443"),
+    );
+    assert_eq!(
+        connect_from(&p1.path(), addr(vip, 443)),
+        Ok(result_ip(&r1).to_string())
+    );
+}
+
+#[test]
+#[ignore = "needs root, ip, nft"]
 fn pod_to_outside_is_masqueraded_to_the_node_address() {
     kinc_testutil::require_root_and!("ip", "nft");
     let t = Topo::new();

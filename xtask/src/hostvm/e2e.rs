@@ -209,21 +209,18 @@ pub const CHECKS: &[Check] = &[
          pod with imagePullPolicy Never",
         true,
     )),
+    real(timeout(
+        900,
+        check(
+            "real-network",
+            "pod IPs from the pod CIDR through kincnet, a hostPort on the node's address, \
+             NetworkPolicy through kincnet-policy on real pods (default-deny, podSelector, \
+             namespaceSelector, ipBlock with except), each both ways",
+            true,
+        ),
+    )),
     pending(
-        "containerd sends hostPort mappings with Go's field names, which kincnet now accepts but has not yet been seen passing in the VM; NetworkPolicy on real pods not yet seen either",
-        real(timeout(
-            900,
-            check(
-                "real-network",
-                "pod IPs from the pod CIDR through kincnet, a hostPort on the node's address, \
-                 NetworkPolicy through kincnet-policy on real pods (default-deny, podSelector, \
-                 namespaceSelector, ipBlock with except), each both ways",
-                true,
-            ),
-        ))
-    ),
-    pending(
-        "the PVC stayed Pending (local-path-provisioner asked for a service account that did not exist: fixed, not yet seen passing) and Service and DNS traffic from a pod to a pod behind a ClusterIP on the same bridge gets no reply: without br_netfilter the reply is bridged back and never un-DNATed",
+        "pod-to-pod, a ClusterIP Service and the Deployment pass; the PVC and DNS fail when pods cannot reach the API server through the kubernetes Service (connection refused), which CoreDNS and local-path need: seen in some runs, cause not found yet",
         real(timeout(
             1200,
             check(
