@@ -543,15 +543,6 @@ pub(super) fn exec(name: &str, argv: &[&str]) -> Result<String> {
     Ok(o.stdout.trim().to_string())
 }
 
-fn node_status(name: &str) -> Result<kinc_types::BootstrapStatus> {
-    let path = kinc_types::status::STATUS_PATH;
-    poll("bootstrap status ready", Duration::from_secs(60), || {
-        let text = quiet(&["podman", "exec", name, "cat", path])?;
-        let st = kinc_types::BootstrapStatus::from_json(text.as_bytes(), path).ok()?;
-        (st.phase != kinc_types::status::Phase::Bootstrapping).then_some(st)
-    })
-}
-
 /// systemd is PID 1 of the node, in its own cgroup namespace with a rw cgroup2 holding
 /// every controller kinc needs.
 pub(super) fn node_cgroup_namespace(name: &str) -> Result<()> {
@@ -579,19 +570,8 @@ pub(super) fn node_cgroup_namespace(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The bootstrap's cgroup-setup step is done and kubelet's cgroup root has every
-/// controller.
-pub(super) fn cgroup_setup_done(name: &str) -> Result<()> {
-    let st = node_status(name)?;
-    let step = st
-        .step("cgroup-setup")
-        .context("no cgroup-setup step in the status")?;
-    ensure!(
-        step.state == kinc_types::StepState::Done,
-        "cgroup-setup step is {:?}: {:?}",
-        step.state,
-        step.message
-    );
+/// cgroup-setup delegated every controller down to kubelet's cgroup root.
+pub(super) fn kubelet_root_has_every_controller(name: &str) -> Result<()> {
     let root = kinc_types::node::KUBELET_CGROUP_ROOT;
     let have = controller_set(&exec(
         name,

@@ -96,7 +96,7 @@ pub(super) fn cluster_is_up(cluster: &str) -> Result<()> {
     );
     let status = ok(&[&kinc(), "status", "--name", cluster])?;
     ensure!(
-        status.contains("cgroup-setup"),
+        status.contains("kubeadm-init"),
         "`kinc status` does not show the bootstrap steps"
     );
     Ok(())

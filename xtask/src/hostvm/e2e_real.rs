@@ -242,7 +242,7 @@ pub fn create() -> Result<()> {
             super::e2e_kinc::cluster_is_up(CLUSTER)?;
             let n = node(CLUSTER);
             super::e2e_checks::node_cgroup_namespace(&n)?;
-            super::e2e_checks::cgroup_setup_done(&n)
+            super::e2e_checks::kubelet_root_has_every_controller(&n)
         }),
     )
 }
