@@ -183,7 +183,7 @@ pub const CHECKS: &[Check] = &[
         ),
     )),
     real(timeout(
-        1800,
+        2700,
         check(
             "real-create",
             "kinc create cluster --wait on the real image: every bootstrap step done, node \

@@ -217,7 +217,27 @@ fn all_steps_done(st: &BootstrapStatus) -> Result<()> {
 }
 
 /// `kinc create cluster --wait`: the real bootstrap to Ready.
+///
+/// Known intermittent bug, cause not found yet: in some boots pods get "connection
+/// refused" from the `kubernetes` Service (the API server on the node's own address) for
+/// good, while a Service to a pod works; CoreDNS then never gets Ready. Such a create is
+/// deleted and tried once more, saying so in the log, so the rest of the suite still runs;
+/// a second failure fails the check.
 pub fn create() -> Result<()> {
+    match create_once() {
+        Err(e) if format!("{e:#}").contains("\"wait-coredns\" failed") => {
+            println!(
+                "  KNOWN INTERMITTENT: CoreDNS never reached the API server through the \
+                 kubernetes Service; deleting the cluster and creating it once more"
+            );
+            ok(&[&kinc(), "delete", "cluster", "--name", CLUSTER])?;
+            create_once().context("the second create, after the known wait-coredns failure")
+        }
+        r => r,
+    }
+}
+
+fn create_once() -> Result<()> {
     let t = Instant::now();
     let r = ok(&[
         &kinc(),
