@@ -219,20 +219,17 @@ pub const CHECKS: &[Check] = &[
             true,
         ),
     )),
+    real(timeout(
+        1200,
+        check(
+            "real-test",
+            "kinc test on the real cluster: PVC bound and read back, pod-to-pod, ClusterIP \
+             Service, DNS, Deployment rollout",
+            true,
+        ),
+    )),
     pending(
-        "pod-to-pod, a ClusterIP Service and the Deployment pass; the PVC and DNS fail when pods cannot reach the API server through the kubernetes Service (connection refused), which CoreDNS and local-path need: seen in some runs, cause not found yet",
-        real(timeout(
-            1200,
-            check(
-                "real-test",
-                "kinc test on the real cluster: PVC bound and read back, pod-to-pod, ClusterIP \
-                 Service, DNS, Deployment rollout",
-                true,
-            ),
-        ))
-    ),
-    pending(
-        "needs a PVC on standard: the local-path fix is not yet seen passing in the VM",
+        "the PVC on standard now binds (kinc test passes); this write and the reboot that reads it back are not yet seen passing",
         real(check(
             "real-persist",
             "before the reboot: a PVC written by a pod, and a Deployment rolled out",
