@@ -94,7 +94,7 @@ impl Config {
 
 pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     toml::from_str(text).map_err(|err| {
-        let what = crate::excerpt::bounded(err.message());
+        let what = kinc_types::excerpt::bounded(err.message());
         let msg = match err.span() {
             Some(span) => {
                 let before = &text[..span.start.min(text.len())];

@@ -69,7 +69,7 @@ pub fn explain(
         // serde quotes the offending value whole: keep an excerpt.
         Err(e) => format!(
             "oci-spec cannot type it: {}",
-            crate::excerpt::bounded(&e.to_string())
+            kinc_types::excerpt::bounded(&e.to_string())
         ),
     };
     let report = rules::apply(&mut spec, caller, lsm);

@@ -7,7 +7,6 @@
 pub mod args;
 pub mod caller;
 pub mod config;
-pub mod excerpt;
 pub mod explain;
 pub mod log;
 pub mod patch;

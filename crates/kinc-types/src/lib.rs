@@ -4,6 +4,7 @@
 //! file the node writes and the host reads.
 
 pub mod config;
+pub mod excerpt;
 pub mod fsutil;
 pub mod labels;
 pub mod name;

@@ -1,7 +1,7 @@
-//! Parser messages made safe to print: serde and toml quote the offending input in
-//! full, and that may be a huge value or a secret. The same rule as kinc's
-//! `kinc::excerpt` (each crate stands alone): at most [`EXCERPT`] characters of any quoted
-//! run or word.
+//! Parser messages made safe to print: serde, serde_yaml and toml quote the offending
+//! input in full (`invalid type: string "<the whole file>", expected ...`), and that may
+//! be a 10 MB scalar or a `.env` file's secrets. One rule for every kinc binary: at most
+//! [`EXCERPT`] characters of any quoted run or word.
 
 /// Characters kept of one quoted run or word of a message.
 pub const EXCERPT: usize = 40;
