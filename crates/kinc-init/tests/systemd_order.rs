@@ -463,7 +463,7 @@ fn units_run_in_order_and_restarts_never_rerun_kubeadm_init() {
     assert_eq!((s.cluster.as_str(), s.boot), ("ittest", 1));
     let calls = node.calls();
     let order = ["cgroup-setup", "crio-start", "crictl --runtime-endpoint unix:///var/run/crio/crio.sock info",
-        "kubeadm init --config /var/lib/kinc/kubeadm.yaml", "kubelet-start", "kubectl --kubeconfig /etc/kubernetes/admin.conf taint",
+        "kubeadm init --config /var/lib/kinc/kubeadm.yaml", "kubelet-start",
         "kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /usr/share/kinc/manifests/cluster",
         "kubectl --kubeconfig /etc/kubernetes/admin.conf --namespace kube-system get secret kincnet-policy-token --output json",
         "kubectl --kubeconfig /etc/kubernetes/admin.conf wait --for=condition=Ready node/kinc-ittest-control-plane",
