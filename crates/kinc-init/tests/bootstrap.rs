@@ -286,19 +286,8 @@ fn crio_that_never_answers_times_out_in_wait_cri() {
 }
 
 #[test]
-fn taint_already_gone_is_fine_but_api_errors_are_retried_then_fail() {
+fn api_errors_while_applying_are_retried_then_fail() {
     let cfg = cluster("dev", 6444);
-    let node = FakeNode::new(&cfg);
-    let runner = healthy_runner(node.root().to_path_buf(), |c| {
-        c.args.iter().any(|a| a == "taint").then(|| {
-            fail(
-                1,
-                "error: taint \"node-role.kubernetes.io/control-plane:NoSchedule\" not found",
-            )
-        })
-    });
-    assert!(boot(&node, &runner, &IpKnob::new(ip(5))).is_ok());
-
     let node = FakeNode::new(&cfg);
     let runner = healthy_runner(node.root().to_path_buf(), |c| {
         c.args
