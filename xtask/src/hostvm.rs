@@ -2,6 +2,9 @@
 //! Podman 5, Quadlet), and kinc's end-to-end suite run inside it. See notes/hostvm.md.
 
 mod agent;
+mod bench_guest;
+mod bench_kubeadm;
+mod bench_ready;
 pub(crate) mod build;
 mod cmd;
 pub(crate) mod config;
@@ -73,12 +76,22 @@ enum Cmd {
     },
     /// Run the end-to-end suite in one VM boot (builds the image first if needed).
     E2e(e2e::E2eArgs),
+    /// Time to a Ready node with CoreDNS Ready: kinc against a plain kubeadm init of the
+    /// same binaries and CRI, in one VM boot (docs/time-to-ready.md).
+    BenchReady(bench_ready::BenchArgs),
     /// Inside the guest: run the job in CTL_DIR, then power off.
     #[command(hide = true)]
     GuestAgent { ctl: PathBuf },
     /// Inside the guest: one end-to-end check.
     #[command(hide = true)]
     GuestCheck { name: String },
+    /// Inside the guest: measure one side of bench-ready, write its result into OUT.
+    #[command(hide = true)]
+    GuestBench {
+        side: bench_ready::Side,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Inside the node stand-in: write the bootstrap status file.
     #[command(hide = true)]
     FakeBootstrap,
@@ -134,6 +147,8 @@ pub fn run(args: Vec<String>) -> Result<()> {
             std::process::exit(out.exit_code);
         }
         Cmd::E2e(a) => e2e::run(a),
+        Cmd::BenchReady(a) => bench_ready::run(a),
+        Cmd::GuestBench { side, out } => bench_ready::guest(side, &out),
         Cmd::GuestAgent { ctl } => agent::guest_main(&ctl),
         Cmd::GuestCheck { name } => e2e::guest_check(&name),
         Cmd::FakeBootstrap => node::fake_bootstrap(),
