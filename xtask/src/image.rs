@@ -23,7 +23,7 @@ pub use context::{Binary, BINARIES};
 /// --offline: no registry, no distribution Kubernetes packages. Builds Kubernetes, etcd,
 /// CoreDNS and local-path-provisioner from the Go modules pinned in image/go/, a Debian
 /// trixie root filesystem with containerd (debootstrap), the component images as OCI
-/// archives, and the node as one OCI archive (default target/kinc-node-<version>.oci.tar),
+/// archives, and the node as one OCI archive (default target/kinc-node-VERSION.oci.tar),
 /// then `podman load`s it. Needs root, Go and debootstrap; every stage is cached under
 /// $KINC_IMAGE_CACHE (default /var/cache/kinc-image as root).
 ///

@@ -54,7 +54,7 @@ const CREATE_RUN: &[Opt] = &[
 /// What the wrapper learned from crun's argv.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CrunCall {
-    /// The verb (`create`, `run`, `state`, ...) and its index in argv (argv[0] excluded).
+    /// The verb (`create`, `run`, `state`, ...) and its index in argv (`argv[0]` excluded).
     pub verb: Option<(usize, String)>,
     /// `--bundle`/`-b` of create/run, last one wins like argp.
     pub bundle: Option<PathBuf>,
@@ -69,7 +69,7 @@ pub struct CrunCall {
 }
 
 impl CrunCall {
-    /// Reads crun's arguments (without argv[0]).
+    /// Reads crun's arguments (without `argv[0]`).
     pub fn parse(args: &[OsString]) -> CrunCall {
         let mut call = CrunCall::default();
         let mut i = 0;

@@ -20,10 +20,10 @@ use crate::Error;
     about = "Create a pod's namespaces, set their sysctls and pin them with bind mounts (CRI-O's pinns)"
 )]
 pub struct Cli {
-    /// Directory holding the <ns>ns/ pin directories
+    /// Directory holding the pin directories (ipcns/, netns/, utsns/, ...)
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: PathBuf,
-    /// Name of the pin file in each <ns>ns/ directory
+    /// Name of the pin file in each pin directory (ipcns/, netns/, ...)
     #[arg(short = 'f', long = "filename", value_name = "NAME")]
     pub filename: String,
     /// New UTS namespace (=host: pin pinns' own)

@@ -39,7 +39,7 @@ pub fn parse(flag: &str, text: &str) -> Result<Vec<IdRange>, Error> {
     Ok(out)
 }
 
-/// The text written, in one write, to /proc/<pid>/uid_map or gid_map.
+/// The text written, in one write, to `/proc/<pid>/uid_map` or gid_map.
 pub fn map_file_text(ranges: &[IdRange]) -> String {
     ranges
         .iter()

@@ -26,7 +26,7 @@ impl Namespace {
         Namespace::Mnt,
     ];
 
-    /// The name under /proc/<pid>/ns/, and the stem of its pin directory.
+    /// The name under `/proc/<pid>/ns/`, and the stem of its pin directory.
     pub fn name(self) -> &'static str {
         match self {
             Namespace::User => "user",

@@ -1,7 +1,7 @@
 //! kincnet: a CNI 1.1 bridge plugin with built-in IPAM and an nf_tables firewall.
 //!
-//! The protocol lives in [`config`], [`result`], [`version`], [`env`] and [`error`];
-//! the kernel work in [`netlink`] and [`netns`]; allocations in [`ipam`]; the
+//! The protocol lives in [`config`], [`result`], [`version`], [`env`](mod@env) and [`error`];
+//! the kernel work (links, addresses, routes, entering the pod netns) in [`netlink`]; allocations in [`ipam`]; the
 //! commands in [`plugin`].
 
 pub mod config;
