@@ -91,7 +91,8 @@ fn last_lines(stderr: &str, stdout: &str) -> String {
     }
 }
 
-pub trait Runner {
+/// `Sync`: `load-images` runs several imports at once from scoped threads.
+pub trait Runner: Sync {
     /// Runs `cmd` to completion, capturing its output. Only failing to start is an error.
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError>;
 

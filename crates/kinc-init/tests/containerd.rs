@@ -5,8 +5,11 @@
 
 mod common;
 
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
 use common::*;
-use kinc_init::bootstrap::{all_steps, step};
+use kinc_init::bootstrap::{all_steps, step, IMPORT_WORKERS};
 use kinc_init::InitError;
 use kinc_types::node::NODE_IMAGE_INFO;
 use kinc_types::status::Phase;
@@ -35,6 +38,47 @@ fn list() -> String {
     ctr(&format!("images list --quiet {PINNED_FILTER}"))
 }
 
+/// Asserts that the import and label calls among `calls` are exactly one import and one
+/// label of each of `images` (name, file), each label after its image's import: what
+/// `load-images` promises whatever the interleaving of its concurrent imports.
+#[track_caller]
+fn assert_each_imported_then_pinned(calls: &[String], images: &[(&str, &str)]) {
+    let at =
+        |line: &str| -> Vec<usize> { (0..calls.len()).filter(|&i| calls[i] == line).collect() };
+    for (name, file) in images {
+        let (imports, labels) = (at(&import(file)), at(&label(name)));
+        assert!(
+            imports.len() == 1 && labels.len() == 1 && imports[0] < labels[0],
+            "{file}: imports at {imports:?}, labels at {labels:?}: {calls:#?}"
+        );
+    }
+    let ours = calls
+        .iter()
+        .filter(|l| l.contains(" images import ") || l.contains(" images label "))
+        .count();
+    assert_eq!(
+        ours,
+        2 * images.len(),
+        "imports or labels of other images: {calls:#?}"
+    );
+}
+
+/// (name, file) of `n` preloaded images, files in the order load-images sorts them.
+fn many_images(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("registry.k8s.io/image-{i}:v1"),
+                format!("image-{i}.tar"),
+            )
+        })
+        .collect()
+}
+
+fn as_refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(n, f)| (n.as_str(), f.as_str())).collect()
+}
+
 fn ctr_calls(node: &FakeNode, runner: &kinc_init::runner::RecordingRunner) -> Vec<String> {
     calls(node, runner)
         .into_iter()
@@ -57,20 +101,12 @@ fn first_boot_waits_for_containerd_imports_and_pins_then_runs_kubeadm() {
         };
         assert_eq!(state_of(&status, s), want, "step {s}");
     }
-    // Archives in file-name order; each pinned right after its import; all before kubeadm.
+    // containerd asked, then every archive imported and pinned after its import (in
+    // whatever interleaving), all before kubeadm.
     let c = calls(&node, &runner);
-    assert_eq!(
-        c[..7],
-        [
-            format!("ctr --address {SOCK} version"),
-            list(),
-            import("kube-apiserver.tar"),
-            label(APISERVER.0),
-            import("pause.tar"),
-            label(PAUSE.0),
-            "kubeadm init --config /var/lib/kinc/kubeadm.yaml".to_string(),
-        ]
-    );
+    assert_eq!(c[..2], [format!("ctr --address {SOCK} version"), list()]);
+    assert_each_imported_then_pinned(&c[2..6], &[APISERVER, PAUSE]);
+    assert_eq!(c[6], "kubeadm init --config /var/lib/kinc/kubeadm.yaml");
     assert!(c.iter().all(|l| !l.starts_with("crictl")), "{c:#?}");
     assert_eq!(
         message_of(&status, step::LOAD_IMAGES),
@@ -184,16 +220,107 @@ fn a_failing_import_fails_load_images_with_the_command_and_stderr() {
             && msg.contains("operation not permitted"),
         "{msg}"
     );
-    // The image before it was imported and pinned; nothing after it ran.
-    assert_eq!(
-        ctr_calls(&node, &runner)[2..],
-        [
-            import("kube-apiserver.tar"),
-            label(APISERVER.0),
-            import("pause.tar")
-        ]
-    );
+    // The failed archive is not pinned; the other one, imported alongside, was imported
+    // and pinned or not started at all, never left half done by load-images.
+    let c = ctr_calls(&node, &runner);
+    assert!(c.contains(&import("pause.tar")), "{c:#?}");
+    assert!(!c.contains(&label(PAUSE.0)), "{c:#?}");
+    if c.contains(&import("kube-apiserver.tar")) {
+        assert_each_imported_then_pinned(
+            &c.into_iter()
+                .filter(|l| !l.ends_with("pause.tar"))
+                .collect::<Vec<_>>(),
+            &[APISERVER],
+        );
+    }
     assert_eq!(state_of(&s, step::KUBEADM_INIT), StepState::Pending);
+    assert!(calls(&node, &runner)
+        .iter()
+        .all(|l| !l.starts_with("kubeadm")));
+}
+
+#[test]
+fn missing_images_are_imported_a_few_at_a_time() {
+    let cfg = cluster("dev", 6444);
+    let images = many_images(9);
+    let node = FakeNode::containerd(&cfg, &as_refs(&images));
+    // Each import holds until a second one runs (or 5 s pass, when they never overlap),
+    // and the most running at once is kept.
+    let running = Arc::new(Mutex::new((0usize, 0usize)));
+    let overlap = Arc::new(Condvar::new());
+    let (r, o) = (running.clone(), overlap.clone());
+    let root = node.root().to_path_buf();
+    let runner = healthy_runner(root.clone(), move |c| {
+        if !c.args.iter().any(|a| a == "import") {
+            return None;
+        }
+        {
+            let mut g = r.lock().unwrap();
+            g.0 += 1;
+            g.1 = g.1.max(g.0);
+            o.notify_all();
+            let (_g, _) = o
+                .wait_timeout_while(g, Duration::from_secs(5), |(_, max)| *max < 2)
+                .unwrap();
+        }
+        let out = fake_ctr(&root, &c.args);
+        r.lock().unwrap().0 -= 1;
+        Some(out)
+    });
+    let status = boot(&node, &runner, &IpKnob::new(ip(5))).unwrap();
+    let most = running.lock().unwrap().1;
+    assert!(
+        (2..=IMPORT_WORKERS).contains(&most),
+        "{most} imports at once, want 2 to {IMPORT_WORKERS}"
+    );
+    assert_each_imported_then_pinned(&calls(&node, &runner), &as_refs(&images));
+    assert!(node.containerd_images().values().all(|pinned| *pinned));
+    let names: Vec<&str> = images.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        message_of(&status, step::LOAD_IMAGES),
+        format!(
+            "imported and pinned 9 of 9 preloaded images: {}",
+            names.join(", ")
+        )
+    );
+}
+
+#[test]
+fn the_error_names_the_first_failing_archive_in_list_order_and_stops_new_imports() {
+    let cfg = cluster("dev", 6444);
+    let images = many_images(9);
+    let node = FakeNode::containerd(&cfg, &as_refs(&images));
+    // image-1 fails late, image-2 at once: the error is image-1's all the same. Every
+    // other import takes a while, so a failure is recorded before a worker is free.
+    let runner = healthy_runner(node.root().to_path_buf(), |c| {
+        let archive = c.args.iter().find(|a| a.ends_with(".tar"))?;
+        if archive.ends_with("image-1.tar") {
+            std::thread::sleep(Duration::from_millis(200));
+            return Some(fail(1, "ctr: image-1: unexpected EOF"));
+        }
+        if archive.ends_with("image-2.tar") {
+            return Some(fail(1, "ctr: image-2: no space left on device"));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        None
+    });
+    let err = boot(&node, &runner, &IpKnob::new(ip(5)))
+        .unwrap_err()
+        .to_string();
+    let root = format!("{}/", node.root().display());
+    assert!(
+        err.replace(&root, "/").contains(&import("image-1.tar")) && err.contains("unexpected EOF"),
+        "{err}"
+    );
+    let s = saved_status(&node);
+    assert_eq!(s.failed_step().unwrap().name, step::LOAD_IMAGES);
+    let c = ctr_calls(&node, &runner);
+    let imports = c.iter().filter(|l| l.contains(" images import ")).count();
+    assert!(
+        imports <= IMPORT_WORKERS,
+        "{imports} imports started after the first failure: {c:#?}"
+    );
+    assert!(!c.contains(&label(&images[1].0)) && !c.contains(&label(&images[2].0)));
     assert!(calls(&node, &runner)
         .iter()
         .all(|l| !l.starts_with("kubeadm")));

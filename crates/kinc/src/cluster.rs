@@ -96,6 +96,20 @@ pub fn var_path(mountpoint: &Path, node_path: &str) -> PathBuf {
     mountpoint.join(node_path.trim_start_matches("/var/"))
 }
 
+/// The bootstrap status of cluster `name` whose var volume is mounted at `mountpoint`:
+/// a file read, no podman call, so a wait can afford it on every poll.
+pub fn read_status(name: &ClusterName, mountpoint: &Path) -> Result<BootstrapStatus, ClusterError> {
+    let p = var_path(mountpoint, kinc_types::status::STATUS_PATH);
+    if !p.exists() {
+        return Err(ClusterError::NotPublished {
+            name: name.to_string(),
+            path: kinc_types::status::STATUS_PATH.into(),
+        });
+    }
+    BootstrapStatus::load(&p)
+        .map_err(|e| ClusterError::Other(crate::excerpt::bounded(&e.to_string())))
+}
+
 /// kinc over a container runtime: the library behind every command.
 pub struct Kinc<R: Runner> {
     pub podman: Podman<R>,
@@ -325,15 +339,7 @@ impl<R: Runner> Kinc<R> {
     /// The node's bootstrap status, read from the var volume (no exec).
     pub fn status(&self, name: &ClusterName) -> Result<BootstrapStatus, ClusterError> {
         let mp = self.var_mountpoint(name)?;
-        let p = var_path(&mp, kinc_types::status::STATUS_PATH);
-        if !p.exists() {
-            return Err(ClusterError::NotPublished {
-                name: name.to_string(),
-                path: kinc_types::status::STATUS_PATH.into(),
-            });
-        }
-        BootstrapStatus::load(&p)
-            .map_err(|e| ClusterError::Other(crate::excerpt::bounded(&e.to_string())))
+        read_status(name, &mp)
     }
 
     /// The admin kubeconfig as the host sees it: context `kinc-<name>`, server on

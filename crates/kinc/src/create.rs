@@ -5,7 +5,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 use kinc_types::config::CONFIG_FILE;
@@ -14,13 +14,18 @@ use kinc_types::{labels, ClusterConfig, ClusterName};
 use serde::Deserialize;
 
 use crate::alloc::{AllocError, Planner};
-use crate::cluster::{ClusterError, Kinc};
+use crate::cluster::{read_status, ClusterError, Kinc};
 use crate::doctor::{self, Finding, HostFacts};
 use crate::node::{volume_labels, NodeSpec};
 use crate::progress::Progress;
 use crate::quadlet;
 use crate::routes;
 use crate::runner::Runner;
+
+/// How often `wait_ready` reads the node's status file: a file read, no process.
+pub const STATUS_POLL: Duration = Duration::from_millis(250);
+/// How often `wait_ready` asks podman whether the node still runs.
+pub const NODE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Largest `--config` file read; anything bigger is not a cluster options file.
 pub const MAX_OPTIONS_FILE: u64 = 1 << 20;
@@ -417,6 +422,11 @@ impl<R: Runner> Kinc<R> {
     }
 
     /// Polls the node until its status file says Ready and the API port answers.
+    ///
+    /// Each poll reads the status file from the var volume's mountpoint, resolved once;
+    /// podman is asked whether the node still runs only every [`NODE_CHECK_EVERY`] and
+    /// once more before a timeout. Every podman call costs CPU that the node's bootstrap
+    /// competes for: asking on every poll took half of a 2-CPU host (time-to-ready.md).
     pub fn wait_ready(
         &self,
         config: &ClusterConfig,
@@ -425,7 +435,8 @@ impl<R: Runner> Kinc<R> {
         interrupted: &dyn Fn() -> bool,
     ) -> Result<(), CreateError> {
         let name = &config.name;
-        let t0 = Instant::now();
+        let clock = &self.host.clock;
+        let t0 = clock.now();
         let logs = || {
             self.podman
                 .logs(&name.container(), Some(30))
@@ -434,37 +445,25 @@ impl<R: Runner> Kinc<R> {
         progress.start("boot", "Waiting for the node's bootstrap status");
         let mut waiting_for = "the node's bootstrap status file".to_string();
         let mut seen_status = false;
+        // The mountpoint does not change while the volume exists: looked up until found.
+        let mut mountpoint: Option<PathBuf> = None;
+        let mut node_checked: Option<Duration> = None;
         loop {
             if interrupted() {
                 return Err(CreateError::Interrupted);
             }
-            let node = self
-                .podman
-                .containers(&[
-                    (labels::OWNER, labels::OWNER_VALUE),
-                    (labels::CLUSTER, name.as_str()),
-                ])
-                .map_err(ClusterError::from)?
-                .into_iter()
-                .find(|c| {
-                    c.labels.get(labels::ROLE).map(String::as_str) == Some(labels::ROLE_NODE)
-                });
-            match node.as_ref().map(|c| c.state.as_str()) {
-                Some("running") | Some("created") | Some("initialized") => {}
-                Some(state) => {
-                    return Err(CreateError::NodeExited {
-                        state: state.to_string(),
-                        logs: logs(),
-                    })
-                }
-                None => {
-                    return Err(CreateError::NodeExited {
-                        state: "gone".into(),
-                        logs: String::new(),
-                    })
+            let now = clock.now();
+            if node_checked.is_none_or(|t| now.saturating_sub(t) >= NODE_CHECK_EVERY) {
+                node_checked = Some(now);
+                self.node_still_runs(name, &logs)?;
+                if mountpoint.is_none() {
+                    mountpoint = self.var_mountpoint(name).ok();
                 }
             }
-            if let Ok(status) = self.status(name) {
+            let status = mountpoint
+                .as_deref()
+                .and_then(|mp| read_status(name, mp).ok());
+            if let Some(status) = status {
                 if !seen_status {
                     seen_status = true;
                     progress.done("boot");
@@ -506,14 +505,45 @@ impl<R: Runner> Kinc<R> {
                     }
                 }
             }
-            if t0.elapsed() >= wait {
+            if clock.now().saturating_sub(t0) >= wait {
+                // A node that stopped since the last check is the cause to report.
+                self.node_still_runs(name, &logs)?;
                 return Err(CreateError::Timeout {
                     step: waiting_for,
                     waited: wait,
                     logs: logs(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(400));
+            clock.sleep(STATUS_POLL);
+        }
+    }
+
+    /// Errs with the node's state and output unless its container is running or
+    /// starting (one `podman ps`).
+    fn node_still_runs(
+        &self,
+        name: &ClusterName,
+        logs: &dyn Fn() -> String,
+    ) -> Result<(), CreateError> {
+        let node = self
+            .podman
+            .containers(&[
+                (labels::OWNER, labels::OWNER_VALUE),
+                (labels::CLUSTER, name.as_str()),
+            ])
+            .map_err(ClusterError::from)?
+            .into_iter()
+            .find(|c| c.labels.get(labels::ROLE).map(String::as_str) == Some(labels::ROLE_NODE));
+        match node.as_ref().map(|c| c.state.as_str()) {
+            Some("running") | Some("created") | Some("initialized") => Ok(()),
+            Some(state) => Err(CreateError::NodeExited {
+                state: state.to_string(),
+                logs: logs(),
+            }),
+            None => Err(CreateError::NodeExited {
+                state: "gone".into(),
+                logs: String::new(),
+            }),
         }
     }
 }

@@ -4,9 +4,12 @@
 use kinc_types::status::BootstrapStatus;
 
 use super::*;
-use crate::cluster::tests::{harness, Harness};
+use std::cell::RefCell;
+
+use crate::cluster::tests::{harness, Harness, Model};
 use crate::cluster::var_path;
-use crate::host::fake::put;
+use crate::host::fake::{put, FakeClock};
+use crate::host::Clock;
 
 fn opts(name: &str) -> CreateOptions {
     CreateOptions {
@@ -252,6 +255,158 @@ fn wait_ready_reports_failed_step_exit_and_interrupt() {
         wait(&h, &c, Duration::from_secs(5), &never),
         Err(CreateError::NodeExited { .. })
     ));
+}
+
+/// How many `podman ps` and `podman volume inspect` the runner saw so far.
+fn podman_polls(h: &Harness) -> (usize, usize) {
+    let lines = h.kinc.podman.runner().lines();
+    let n = |p: &str| lines.iter().filter(|l| l.starts_with(p)).count();
+    (n("podman ps "), n("podman volume inspect "))
+}
+
+/// A fake clock on `h`'s host that runs `at` once, the first time it reaches `when`.
+fn clock_at(h: &mut Harness, when: Duration, at: impl FnOnce() + 'static) -> FakeClock {
+    let mut at = Some(at);
+    let clock = FakeClock::with(move |now| {
+        if now >= when {
+            if let Some(f) = at.take() {
+                f()
+            }
+        }
+    });
+    h.kinc.host.clock = Box::new(clock.clone());
+    clock
+}
+
+/// The node container of cluster "w" stops.
+fn exit_node(model: &RefCell<Model>) {
+    model
+        .borrow_mut()
+        .containers
+        .get_mut("kinc-w-control-plane")
+        .unwrap()
+        .1 = "exited".into();
+}
+
+#[test]
+fn wait_ready_reads_the_status_every_poll_and_asks_podman_every_few_seconds() {
+    let mut h = harness();
+    let (c, status) = running(&h);
+    let before = podman_polls(&h);
+    // The node publishes its status half-way through the wait.
+    let mut s = BootstrapStatus::new("w", &["wait-cri", "kubeadm-init"]);
+    s.finish("wait-cri").unwrap();
+    s.start("kubeadm-init").unwrap();
+    let clock = clock_at(&mut h, Duration::from_secs(30), move || {
+        s.save(&status).unwrap()
+    });
+    let wait_for = Duration::from_secs(60);
+    let e = wait(&h, &c, wait_for, &never).unwrap_err();
+    assert!(
+        matches!(&e, CreateError::Timeout { step, .. } if step.contains("kubeadm-init")),
+        "the status written after the mountpoint was resolved is read: {e}"
+    );
+    let polls = (wait_for.as_millis() / STATUS_POLL.as_millis()) as u32;
+    assert_eq!(clock.sleeps(), polls, "one sleep per poll");
+    let after = podman_polls(&h);
+    let (ps, inspect) = (after.0 - before.0, after.1 - before.1);
+    // One check every 5 s, one at the deadline and one before reporting the timeout.
+    let checks = (wait_for.as_secs() / NODE_CHECK_EVERY.as_secs()) as usize;
+    assert!(
+        (checks..=checks + 2).contains(&ps),
+        "{ps} podman ps in {polls} polls"
+    );
+    assert_eq!(inspect, 1, "the mountpoint is resolved once");
+}
+
+#[test]
+fn wait_ready_sees_a_failed_step_at_the_next_poll() {
+    let mut h = harness();
+    let (c, status) = running(&h);
+    h.model.borrow_mut().logs = "kubeadm: error execution phase\n".into();
+    let mut s = BootstrapStatus::new("w", &["kubeadm-init"]);
+    s.fail("kubeadm-init", "exit status 1").unwrap();
+    // Between two podman checks: only reading the file every poll sees it this soon.
+    let failed_at = Duration::from_millis(31_100);
+    let clock = clock_at(&mut h, failed_at, move || s.save(&status).unwrap());
+    let e = wait(&h, &c, Duration::from_secs(60), &never).unwrap_err();
+    assert!(
+        matches!(&e, CreateError::StepFailed { step, logs, .. }
+            if step == "kubeadm-init" && logs.contains("error execution phase")),
+        "{e}"
+    );
+    assert!(clock.now() <= failed_at + STATUS_POLL, "{:?}", clock.now());
+}
+
+#[test]
+fn wait_ready_detects_a_node_that_exits_while_it_waits() {
+    let mut h = harness();
+    let (c, status) = running(&h);
+    let mut s = BootstrapStatus::new("w", &["kubeadm-init"]);
+    s.start("kubeadm-init").unwrap();
+    s.save(&status).unwrap();
+    h.model.borrow_mut().logs = "systemd: Freezing execution.\n".into();
+    let model = h.model.clone();
+    let exited_at = Duration::from_secs(20);
+    let clock = clock_at(&mut h, exited_at, move || exit_node(&model));
+    let e = wait(&h, &c, Duration::from_secs(60), &never).unwrap_err();
+    assert!(
+        matches!(&e, CreateError::NodeExited { state, logs }
+            if state == "exited" && logs.contains("Freezing execution")),
+        "{e}"
+    );
+    assert!(
+        clock.now() <= exited_at + NODE_CHECK_EVERY + STATUS_POLL,
+        "seen within one check period: {:?}",
+        clock.now()
+    );
+
+    // Stopped after the last regular check, before the deadline: the exit is reported,
+    // not a timeout.
+    let mut h = harness();
+    let (c, _) = running(&h);
+    let model = h.model.clone();
+    clock_at(&mut h, Duration::from_secs(57), move || exit_node(&model));
+    let e = wait(&h, &c, Duration::from_millis(58_500), &never).unwrap_err();
+    assert!(matches!(&e, CreateError::NodeExited { .. }), "{e}");
+    // And a node that is gone altogether.
+    let h = harness();
+    let (c, _) = running(&h);
+    h.model.borrow_mut().containers.clear();
+    let e = wait(&h, &c, Duration::from_secs(5), &never).unwrap_err();
+    assert!(
+        matches!(&e, CreateError::NodeExited { state, .. } if state == "gone"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wait_ready_looks_up_the_mountpoint_until_the_volume_is_there() {
+    let mut h = harness();
+    let (c, status) = running(&h);
+    let mut s = BootstrapStatus::new("w", &["kubeadm-init"]);
+    s.finish("kubeadm-init").unwrap();
+    s.save(&status).unwrap();
+    h.model.borrow_mut().answering_ports.insert(c.api_port);
+    // podman does not list the volume at first.
+    let vol = h
+        .model
+        .borrow_mut()
+        .volumes
+        .remove("kinc-w-var-data")
+        .unwrap();
+    let model = h.model.clone();
+    let before = podman_polls(&h);
+    let clock = clock_at(&mut h, Duration::from_secs(12), move || {
+        model
+            .borrow_mut()
+            .volumes
+            .insert("kinc-w-var-data".into(), vol);
+    });
+    wait(&h, &c, Duration::from_secs(60), &never).unwrap();
+    // Asked at 0, 5, 10 s (not there) and 15 s (there), never more often.
+    assert_eq!(clock.now(), Duration::from_secs(15));
+    assert_eq!(podman_polls(&h).1 - before.1, 4);
 }
 
 /// Names of the blocking findings of a refused create.

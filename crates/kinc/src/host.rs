@@ -1,15 +1,49 @@
 //! What kinc learns from the machine it runs on, other than through commands (the
 //! [`Runner`](crate::runner::Runner)) and the routes file: who runs it, its limits, the
-//! files `kinc doctor` reads and the 127.0.0.1 ports. The `kinc` binary gathers it once
-//! ([`Host::gather`]) and hands it to [`Kinc`](crate::Kinc); tests give a fake, so no
-//! unit test depends on who runs it or on which machine.
+//! files `kinc doctor` reads, the 127.0.0.1 ports and the clock waits run on. The `kinc`
+//! binary gathers it once ([`Host::gather`]) and hands it to [`Kinc`](crate::Kinc); tests
+//! give a fake, so no unit test depends on who runs it, on which machine, or on real time.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Probes a 127.0.0.1 port.
 pub type PortProbe = Box<dyn Fn(u16) -> bool>;
+
+/// Monotonic time and sleeping for kinc's waits: real in the binary, simulated in tests
+/// so a wait of minutes runs at once and a test can act at a given moment of it.
+pub trait Clock {
+    /// Time since a fixed origin; never goes back.
+    fn now(&self) -> Duration;
+    fn sleep(&self, d: Duration);
+}
+
+/// The machine's monotonic clock.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock(Instant);
+
+impl SystemClock {
+    pub fn new() -> Self {
+        Self(Instant::now())
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d)
+    }
+}
 
 pub struct Host {
     /// Root of the files doctor's checks read (`/sys`, `/proc`, `/etc`, `/dev/fuse`):
@@ -22,6 +56,8 @@ pub struct Host {
     pub port_free: PortProbe,
     /// Whether something accepts connections on 127.0.0.1:port (the node's API server).
     pub port_answers: PortProbe,
+    /// What `kinc create --wait` polls by.
+    pub clock: Box<dyn Clock>,
 }
 
 impl Host {
@@ -43,6 +79,7 @@ impl Host {
             nofile_hard: lim.rlim_max,
             port_free: Box::new(port_is_free),
             port_answers: Box::new(port_answers),
+            clock: Box::new(SystemClock::new()),
         }
     }
 
@@ -100,9 +137,57 @@ pub fn user_name(env_user: Option<String>, passwd: &str, uid: u32) -> String {
 /// `/dev/fuse`) under `root`, every port free and none answering.
 #[cfg(test)]
 pub(crate) mod fake {
+    use std::cell::{Cell, RefCell};
     use std::path::Path;
+    use std::rc::Rc;
 
     use super::*;
+
+    type SleepHook = Rc<RefCell<Box<dyn FnMut(Duration)>>>;
+
+    /// A clock that moves only when slept on. Clones share the time, so a test keeps one
+    /// and hands the other to the host.
+    #[derive(Clone)]
+    pub struct FakeClock {
+        now: Rc<Cell<Duration>>,
+        sleeps: Rc<Cell<u32>>,
+        on_sleep: SleepHook,
+    }
+
+    impl Default for FakeClock {
+        fn default() -> Self {
+            Self::with(|_| {})
+        }
+    }
+
+    impl FakeClock {
+        /// `on_sleep` runs after each sleep with the new time: how a test changes the
+        /// world at a moment of a wait.
+        pub fn with(on_sleep: impl FnMut(Duration) + 'static) -> Self {
+            Self {
+                now: Rc::new(Cell::new(Duration::ZERO)),
+                sleeps: Rc::new(Cell::new(0)),
+                on_sleep: Rc::new(RefCell::new(Box::new(on_sleep))),
+            }
+        }
+
+        /// How many times it was slept on.
+        pub fn sleeps(&self) -> u32 {
+            self.sleeps.get()
+        }
+    }
+
+    impl Clock for FakeClock {
+        fn now(&self) -> Duration {
+            self.now.get()
+        }
+
+        fn sleep(&self, d: Duration) {
+            self.now.set(self.now.get() + d);
+            self.sleeps.set(self.sleeps.get() + 1);
+            (self.on_sleep.borrow_mut())(self.now.get());
+        }
+    }
 
     pub const UID: u32 = 1000;
     pub const USER: &str = "alice";
@@ -150,6 +235,7 @@ pub(crate) mod fake {
             nofile_hard: 524288,
             port_free: Box::new(|_| true),
             port_answers: Box::new(|_| false),
+            clock: Box::new(FakeClock::default()),
         }
     }
 }

@@ -257,10 +257,15 @@ fn save_ctr_store(root: &Path, store: &BTreeMap<String, bool>) {
     std::fs::write(ctr_store_path(root), serde_json::to_vec(store).unwrap()).unwrap();
 }
 
+/// Serialises the fake store's read-modify-write: `load-images` runs several `ctr` at once
+/// (containerd's own store has its locks).
+static CTR_STORE_LOCK: Mutex<()> = Mutex::new(());
+
 /// `ctr` 1.7 as far as kinc-init uses it, against containerd's socket below `root`: the
 /// image an archive holds is the one its directory's images.json names (the archive's
 /// `io.containerd.image.name` annotation in the real image).
-fn fake_ctr(root: &Path, args: &[String]) -> Output {
+pub fn fake_ctr(root: &Path, args: &[String]) -> Output {
+    let _store = CTR_STORE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let sock = root.join("run/containerd/containerd.sock");
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let Some(rest) = a.strip_prefix(&["--address", sock.to_str().unwrap()][..]) else {
