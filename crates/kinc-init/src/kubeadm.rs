@@ -45,6 +45,32 @@ pub struct InitConfiguration {
     #[serde(rename = "localAPIEndpoint")]
     pub local_api_endpoint: ApiEndpoint,
     pub node_registration: NodeRegistration,
+    pub timeouts: InitTimeouts,
+}
+
+/// kubeadm's own waits (v1beta4 `timeouts`), as Go durations. Its defaults (1 min for an
+/// API call, 4 min for the control plane) are for a host with CPU to spare: on a starved
+/// one (a laptop under load, 2 emulated CPUs) the API server was seen to answer more than
+/// a minute after its container started, and kubeadm init gave up with "could not
+/// bootstrap the admin user ... connection refused". Longer waits cost nothing when the
+/// API answers sooner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InitTimeouts {
+    pub control_plane_component_health_check: String,
+    pub kubelet_health_check: String,
+    #[serde(rename = "kubernetesAPICall")]
+    pub kubernetes_api_call: String,
+}
+
+impl Default for InitTimeouts {
+    fn default() -> Self {
+        Self {
+            control_plane_component_health_check: "10m0s".into(),
+            kubelet_health_check: "10m0s".into(),
+            kubernetes_api_call: "5m0s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +228,7 @@ impl KubeadmConfig {
                 ignore_preflight_errors: vec!["all".into()],
                 taints: Vec::new(),
             },
+            timeouts: InitTimeouts::default(),
         };
         let cluster = ClusterConfiguration {
             api_version: KUBEADM_API.into(),

@@ -334,6 +334,10 @@ pub const KINC_ONLY: &[(&str, &str)] = &[
         "a rootless node",
     ),
     (
+        "InitConfiguration.timeouts",
+        "kinc waits longer for a starved API server; plain kubeadm keeps its defaults (they only matter when the API server is slow)",
+    ),
+    (
         "InitConfiguration.nodeRegistration.taints",
         "kinc's one node takes workloads; kubeadm keeps the control-plane taint",
     ),
