@@ -69,7 +69,8 @@ fn ensure_is_idempotent_and_repairs() {
     let f = fw("br0");
     node.run(move || f.ensure()).unwrap();
     let first = rules(&node);
-    assert_eq!(first.len(), 9, "{first:?}");
+    // 9 NAT rules and the pod gate's two.
+    assert_eq!(first.len(), 11, "{first:?}");
 
     // Already in place: no change at all (the ruleset generation does not move).
     let g = genid(&node);
@@ -129,7 +130,7 @@ fn parallel_ensures_install_one_copy() {
     for t in threads {
         t.join().unwrap().unwrap();
     }
-    assert_eq!(rules(&node).len(), 9);
+    assert_eq!(rules(&node).len(), 11);
 }
 
 #[test]
@@ -172,6 +173,7 @@ fn nft_sees_the_table_we_meant() {
             ("hostports".into(), None, None),
             ("nat-br0".into(), None, None),
             ("output".into(), Some("output".into()), Some(-100)),
+            ("pod-gate".into(), Some("forward".into()), Some(-10)),
             ("postrouting".into(), Some("postrouting".into()), Some(100)),
             ("prerouting".into(), Some("prerouting".into()), Some(-100)),
         ]
@@ -357,7 +359,7 @@ fn networks_share_the_table_and_nothing_else_is_touched() {
         left.iter()
             .filter(|(_, n)| n.starts_with("kinc:shared:"))
             .count(),
-        5
+        7
     );
     let chains = node.exec("nft", &["list", "chains", "ip"]);
     assert!(!chains.contains("nat-br1"), "{chains}");

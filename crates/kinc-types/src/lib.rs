@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod labels;
 pub mod name;
 pub mod node;
+pub mod policy_gate;
 pub mod status;
 pub mod versions;
 

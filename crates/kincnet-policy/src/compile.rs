@@ -124,6 +124,14 @@ impl Cluster {
         self.namespaces.remove(name)
     }
 
+    /// The gate keys of the namespaces that have at least one policy.
+    pub fn policy_namespaces(&self) -> BTreeSet<u32> {
+        self.policies
+            .keys()
+            .map(|k| kinc_types::policy_gate::namespace_key(&k.ns))
+            .collect()
+    }
+
     /// Labels of namespace `ns`; a namespace not (yet) seen has only its name label.
     pub fn ns_labels(&self, ns: &str) -> Labels {
         self.namespaces.get(ns).cloned().unwrap_or_else(|| {
@@ -420,6 +428,7 @@ impl Cluster {
                 out.set(*ip, rules, &mut crate::compiled::Diff::default());
             }
         }
+        out.namespaces = self.policy_namespaces();
         for pol in self.policies.values() {
             warnings.extend(pol.warnings.iter().map(|m| Warning {
                 subject: policy_subject(&pol.key),

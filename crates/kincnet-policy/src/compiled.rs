@@ -281,6 +281,9 @@ pub struct Compiled {
     pub egress: BTreeMap<Ipv4Addr, PodDir>,
     pub in_classes: Classes,
     pub eg_classes: Classes,
+    /// `kinc_types::policy_gate::namespace_key` of every namespace with a policy: the
+    /// elements of `policy_namespaces`, which tell kincnet which pods to gate.
+    pub namespaces: BTreeSet<u32>,
 }
 
 impl Compiled {
@@ -459,15 +462,25 @@ impl DirDiff {
 pub struct Diff {
     pub ingress: DirDiff,
     pub egress: DirDiff,
+    /// `policy_namespaces` keys added and removed.
+    pub ns_add: Vec<u32>,
+    pub ns_remove: Vec<u32>,
+    /// Addresses to delete from kincnet's `pod_pending`, after everything else in the
+    /// same transaction (a pod CNI ADD is waiting for).
+    pub unpend: Vec<Ipv4Addr>,
 }
 
 impl Diff {
     pub fn is_empty(&self) -> bool {
-        self.ingress.is_empty() && self.egress.is_empty()
+        self.len() == 0
     }
     /// Number of element operations.
     pub fn len(&self) -> usize {
-        self.ingress.len() + self.egress.len()
+        self.ingress.len()
+            + self.egress.len()
+            + self.ns_add.len()
+            + self.ns_remove.len()
+            + self.unpend.len()
     }
     pub fn dir(&self, d: Direction) -> &DirDiff {
         match d {
@@ -490,6 +503,10 @@ impl Diff {
 
     /// Applies this diff to a model (the bookkeeping twin of the nf_tables transaction).
     pub fn apply_to(&self, c: &mut Compiled) {
+        for k in &self.ns_remove {
+            c.namespaces.remove(k);
+        }
+        c.namespaces.extend(self.ns_add.iter().copied());
         for dir in [Direction::Ingress, Direction::Egress] {
             let d = self.dir(dir);
             let (pods, classes) = c.dir_mut(dir);
@@ -544,7 +561,19 @@ fn diff_sets<K: Copy, V: Ord + Copy>(
 
 /// Element additions and removals that turn `old` into `new`.
 pub fn diff(old: &Compiled, new: &Compiled) -> Diff {
-    let mut d = Diff::default();
+    let mut d = Diff {
+        ns_add: new
+            .namespaces
+            .difference(&old.namespaces)
+            .copied()
+            .collect(),
+        ns_remove: old
+            .namespaces
+            .difference(&new.namespaces)
+            .copied()
+            .collect(),
+        ..Diff::default()
+    };
     let empty = BTreeSet::new();
     for dir in [Direction::Ingress, Direction::Egress] {
         let ((op, oc), (np, nc)) = (old.dir(dir), new.dir(dir));

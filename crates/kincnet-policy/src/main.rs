@@ -29,6 +29,10 @@ struct Cli {
     /// Status file, rewritten after every change and read by `--status`.
     #[arg(long, default_value = "/run/kincnet-policy/status.json")]
     status_file: PathBuf,
+    /// The Unix socket kincnet's CNI ADD asks to program a pod before it returns
+    /// (`none`: do not serve it; ADD of a pod in a namespace with policies then fails).
+    #[arg(long, default_value = kinc_types::policy_gate::SOCKET)]
+    cni_socket: PathBuf,
     /// Full resync interval: recompute everything from the watch caches and repair.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     resync: Duration,
@@ -80,6 +84,7 @@ async fn main() -> Result<()> {
     let opts = RunOptions {
         status_file: cli.status_file,
         resync: cli.resync,
+        cni_socket: (cli.cni_socket != std::path::Path::new("none")).then_some(cli.cni_socket),
     };
     runner::run(client, &mut ctl, &opts).await?;
     Ok(())

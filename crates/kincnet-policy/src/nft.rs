@@ -49,6 +49,9 @@ use kinc_nft::nl::{
     Msg, PayloadBase, Rule, Set, Socket, Table, Verdict,
 };
 
+use kinc_nft::kincnet::{pending_set, policy_namespaces_set as namespaces_set};
+use kinc_types::policy_gate::SYNCED_KEY;
+
 use crate::compiled::{AllowElem, Compiled, Diff, DirDiff, Shape};
 use crate::controller::Enforcer;
 use crate::model::Direction;
@@ -387,6 +390,12 @@ impl NftEnforcer {
                 msgs.push(self.set(dir, role).add_msg(id));
             }
         }
+        // The gate (kinc_types::policy_gate): created here too, so the controller's
+        // transactions that name them work before kincnet's first ADD made its objects.
+        // Their elements are kept: `policy_namespaces` without `SYNCED_KEY` is what
+        // tells kincnet that this controller has not synced yet.
+        msgs.push(namespaces_set(t).add_msg(id + 1));
+        msgs.push(pending_set(t).add_msg(id + 2));
         let regular = |name: &str| Chain {
             family: Family::Ip,
             table: t.clone(),
@@ -555,6 +564,18 @@ impl NftEnforcer {
                 self.dir_msgs(&mut msgs, dir, diff.dir(dir), add);
             }
         }
+        let ns = namespaces_set(&self.table);
+        let keys = |v: &[u32]| -> Vec<Elem> {
+            v.iter()
+                .map(|k| Elem::key(k.to_ne_bytes().to_vec()))
+                .collect()
+        };
+        self.push_elems(&mut msgs, &ns, false, &keys(&diff.ns_remove));
+        self.push_elems(&mut msgs, &ns, true, &keys(&diff.ns_add));
+        // Last: the pod's rules above are in force by the time its pending drop goes.
+        for ip in &diff.unpend {
+            msgs.extend(kinc_nft::kincnet::unpend_msgs(&self.table, *ip));
+        }
         msgs
     }
 
@@ -603,8 +624,50 @@ impl Enforcer for NftEnforcer {
         for s in sets.into_iter().filter(stale) {
             self.class_del_msgs(&mut msgs, None, Some(s));
         }
+        msgs.push(namespaces_set(&self.table).flush_msg());
         let all = crate::compiled::diff(&Compiled::default(), model);
         msgs.extend(self.diff_msgs(&all));
+        // A complete model: kincnet may trust `policy_namespaces` from now on.
+        msgs.push(
+            namespaces_set(&self.table)
+                .add_elems_msg(&[Elem::key(SYNCED_KEY.to_ne_bytes().to_vec())]),
+        );
         self.commit(&msgs)
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    /// kincnet deletes an address's elements itself (DEL, controller silent) from the
+    /// sets `kinc_nft::kincnet::POLICY_ADDR_SETS` names: they must be this layout's.
+    #[test]
+    fn kincnet_purges_the_sets_this_layout_keys_by_address() {
+        let mut ours: Vec<(String, Vec<usize>)> = Vec::new();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for role in Role::ALL {
+                let set = policy_set("t", dir, role);
+                // Every set of a fixed role starts with the local pod's address; the
+                // allow sets follow it with the peer's.
+                let offsets = if set.key_fields.len() >= 2 {
+                    vec![0, 4]
+                } else {
+                    vec![0]
+                };
+                assert_eq!(set.key_fields[0], 4);
+                if offsets.len() == 2 {
+                    assert_eq!(set.key_fields[1], 4);
+                }
+                ours.push((set.name, offsets));
+            }
+        }
+        ours.sort();
+        let mut theirs: Vec<(String, Vec<usize>)> = kinc_nft::kincnet::POLICY_ADDR_SETS
+            .iter()
+            .map(|(n, o)| (n.to_string(), o.to_vec()))
+            .collect();
+        theirs.sort();
+        assert_eq!(ours, theirs);
     }
 }

@@ -227,7 +227,19 @@ impl Reconciler {
         for pol in old.iter().chain(new.iter()) {
             dirty.extend(self.cluster.selected_pods(pol).filter_map(|p| p.ip));
         }
-        let d = self.recompute(dirty);
+        let mut d = self.recompute(dirty);
+        let now = self.cluster.policy_namespaces();
+        d.ns_add = now
+            .difference(&self.programmed.namespaces)
+            .copied()
+            .collect();
+        d.ns_remove = self
+            .programmed
+            .namespaces
+            .difference(&now)
+            .copied()
+            .collect();
+        self.programmed.namespaces = now;
         self.finish(d)
     }
 

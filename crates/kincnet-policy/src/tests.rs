@@ -368,7 +368,19 @@ fn label_change_and_deletions_are_element_updates() {
         .unwrap();
     assert_eq!(d.ingress.unisolate, vec![xa]);
     assert_eq!(d.ingress.remove.len(), 1);
-    assert_eq!(c.enforcer().model, Compiled::default());
+    // No pod elements left; the policy's namespace stays gated (the policy is there).
+    let m = &c.enforcer().model;
+    assert_eq!(
+        m.namespaces,
+        [kinc_types::policy_gate::namespace_key("x")].into()
+    );
+    assert_eq!(
+        *m,
+        Compiled {
+            namespaces: m.namespaces.clone(),
+            ..Compiled::default()
+        }
+    );
 }
 
 #[test]
@@ -636,4 +648,198 @@ fn pods_with_the_same_ranges_share_one_class() {
         .unwrap();
     assert_eq!(d.ingress.class_gone, vec![shared]);
     assert_eq!(c.enforcer().model, Compiled::default());
+}
+
+// ---------------------------------------------------------------------------------------
+// The CNI gate (issue 18): requests from kincnet's ADD and DEL.
+
+use crate::controller::CniOutcome;
+use kinc_types::policy_gate::{namespace_key, Request, Response};
+
+/// A pod the API knows (kubelet has it) before its sandbox has an address.
+fn unaddressed(ns: &str, name: &str, labels: &[(&str, &str)]) -> k8s_openapi::api::core::v1::Pod {
+    let mut p = testkit::pod(ns, name, Ipv4Addr::UNSPECIFIED, labels, &[]);
+    p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        phase: Some("Pending".into()),
+        ..Default::default()
+    });
+    p
+}
+
+fn program_req(ns: &str, name: &str, ip: Ipv4Addr) -> Request {
+    Request::Program {
+        namespace: ns.into(),
+        name: name.into(),
+        ip,
+        container_id: "c1".into(),
+        timeout_ms: 1000,
+    }
+}
+
+fn pod_event(p: k8s_openapi::api::core::v1::Pod) -> Event {
+    Event::Pod(watcher::Event::Apply(p))
+}
+
+#[test]
+fn policy_namespaces_follow_the_policies() {
+    let t = topo();
+    let mut c = controller(&t);
+    let d = apply(&mut c, np("deny", json!({ "podSelector": {} })));
+    assert_eq!(d.ns_add, vec![namespace_key("x")]);
+    let d = apply(&mut c, np("deny2", json!({ "podSelector": {} })));
+    assert!(d.ns_add.is_empty() && d.ns_remove.is_empty());
+    c.handle(Event::Policy(watcher::Event::Delete(np("deny", json!({})))))
+        .unwrap();
+    assert_eq!(c.status().gated_namespaces, 1);
+    let d = c
+        .handle(Event::Policy(watcher::Event::Delete(np(
+            "deny2",
+            json!({}),
+        ))))
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.ns_remove, vec![namespace_key("x")]);
+    assert!(c.enforcer().model.namespaces.is_empty());
+    assert_eq!(full_compile(&c), c.enforcer().model);
+}
+
+#[test]
+fn cni_program_waits_for_the_sync_and_the_pod() {
+    let t = topo();
+    let ip = Ipv4Addr::new(10, 244, 0, 200);
+    let mut c = Controller::new(Recording::default());
+    match c.cni_request(&program_req("x", "db", ip)) {
+        CniOutcome::Wait(r) => assert!(r.contains("not synced"), "{r}"),
+        o => panic!("{o:?}"),
+    }
+    let mut c = controller(&t);
+    match c.cni_request(&program_req("x", "db", ip)) {
+        CniOutcome::Wait(r) => assert!(r.contains("x/db is not in the watch cache"), "{r}"),
+        o => panic!("{o:?}"),
+    }
+    // Release before a sync is refused: kincnet then purges the address itself.
+    let mut fresh = Controller::new(Recording::default());
+    assert!(matches!(
+        fresh.cni_request(&Request::Release {
+            ip,
+            container_id: "c".into()
+        }),
+        CniOutcome::Answer(Response::Refused { .. })
+    ));
+}
+
+#[test]
+fn cni_program_puts_the_rules_and_the_unpend_in_one_transaction() {
+    let t = topo();
+    let ip = Ipv4Addr::new(10, 244, 0, 200);
+    let mut c = controller(&t);
+    apply(
+        &mut c,
+        np(
+            "db",
+            json!({ "podSelector": { "matchLabels": { "role": "db" } },
+                    "policyTypes": ["Ingress", "Egress"],
+                    "ingress": [{ "from": [{ "podSelector": { "matchLabels": { "pod": "a" } } }] }] }),
+        ),
+    );
+    c.handle(pod_event(unaddressed("x", "db", &[("role", "db")])))
+        .unwrap();
+    let before = c.enforcer().transactions;
+    let out = c.cni_request(&program_req("x", "db", ip));
+    assert_eq!(
+        out,
+        CniOutcome::Answer(Response::Programmed {
+            isolated_ingress: true,
+            isolated_egress: true
+        })
+    );
+    assert_eq!(c.enforcer().transactions, before + 1, "one transaction");
+    let last = &c.enforcer().last;
+    assert_eq!(last.unpend, vec![ip]);
+    assert_eq!(last.ingress.isolate, vec![ip]);
+    assert_eq!(last.egress.isolate, vec![ip]);
+    assert_eq!(last.ingress.add.len(), 1, "x/a may connect: {last:?}");
+    let m = c.enforcer().model.clone();
+
+    // kubelet's status updates before it writes the address change nothing...
+    c.handle(pod_event(unaddressed("x", "db", &[("role", "db")])))
+        .unwrap();
+    assert_eq!(
+        c.enforcer().model,
+        m,
+        "an address-less update must not open the pod"
+    );
+    // ... nor does the address when it arrives, nor a relist.
+    c.handle(pod_event(testkit::pod(
+        "x",
+        "db",
+        ip,
+        &[("role", "db")],
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(c.enforcer().model, m);
+    c.resync().unwrap();
+    assert_eq!(c.enforcer().model, m);
+
+    // A non-selected pod of the namespace: programmed (nothing to isolate), unpended.
+    let ip2 = Ipv4Addr::new(10, 244, 0, 201);
+    c.handle(pod_event(unaddressed("x", "web", &[("role", "web")])))
+        .unwrap();
+    assert_eq!(
+        c.cni_request(&program_req("x", "web", ip2)),
+        CniOutcome::Answer(Response::Programmed {
+            isolated_ingress: false,
+            isolated_egress: false
+        })
+    );
+    assert_eq!(c.enforcer().last.unpend, vec![ip2]);
+}
+
+#[test]
+fn cni_release_removes_the_address_and_a_reused_address_has_one_owner() {
+    let t = topo();
+    let mut c = controller(&t);
+    apply(
+        &mut c,
+        np(
+            "db",
+            json!({ "podSelector": { "matchLabels": { "role": "db" } }, "policyTypes": ["Ingress"] }),
+        ),
+    );
+    // x/a holds its address; its sandbox goes (DEL): the API still shows the address.
+    let a = ip(&t, "x/a");
+    c.handle(pod_event(t.pod_object("x/a", Some(&[("role", "db")]))))
+        .unwrap();
+    assert!(c.enforcer().model.ingress.contains_key(&a));
+    assert_eq!(
+        c.cni_request(&Request::Release {
+            ip: a,
+            container_id: "c".into()
+        }),
+        CniOutcome::Answer(Response::Released)
+    );
+    assert!(!c.enforcer().model.ingress.contains_key(&a));
+    // The stale address in a later update does not bring the verdicts back.
+    c.handle(pod_event(t.pod_object("x/a", Some(&[("role", "db")]))))
+        .unwrap();
+    assert!(!c.enforcer().model.ingress.contains_key(&a));
+
+    // Another pod, unselected, gets the same address: it is its own, open.
+    c.handle(pod_event(unaddressed("x", "new", &[("role", "web")])))
+        .unwrap();
+    assert_eq!(
+        c.cni_request(&program_req("x", "new", a)),
+        CniOutcome::Answer(Response::Programmed {
+            isolated_ingress: false,
+            isolated_egress: false
+        })
+    );
+    assert!(!c.enforcer().model.ingress.contains_key(&a));
+    let owner = c
+        .reconciler()
+        .cluster()
+        .owner_of(a)
+        .map(|p| p.key.to_string());
+    assert_eq!(owner.as_deref(), Some("x/new"));
 }

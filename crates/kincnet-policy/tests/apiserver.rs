@@ -267,6 +267,8 @@ fn spawn_controller(
         .arg(&kc_path)
         .args(["--table", table, "--resync", "1h", "--status-file"])
         .arg(&status_file)
+        .arg("--cni-socket")
+        .arg(dir.join("cni.sock"))
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(File::create(&log).unwrap())

@@ -58,6 +58,8 @@ struct RawConf {
     is_gateway: Option<bool>,
     ip_masq: Option<bool>,
     hairpin_mode: Option<bool>,
+    policy_socket: Option<PathBuf>,
+    policy_timeout_ms: Option<u64>,
     ipam: Option<Obj<RawIpam>>,
     dns: Option<Obj<Dns>>,
     runtime_config: Option<Obj<RawRuntimeConfig>>,
@@ -165,6 +167,10 @@ pub struct NetConf {
     pub is_gateway: bool,
     pub ip_masq: bool,
     pub hairpin: bool,
+    /// kincnet-policy's socket (`policySocket`, default `kinc_types::policy_gate::SOCKET`).
+    pub policy_socket: PathBuf,
+    /// How long ADD waits for kincnet-policy (`policyTimeoutMs`, default 10 s).
+    pub policy_timeout: std::time::Duration,
     pub ipam: Ipam,
     pub dns: Option<Dns>,
     pub port_mappings: Vec<PortMapping>,
@@ -229,6 +235,19 @@ pub fn parse(bytes: &[u8]) -> CniResult<NetConf> {
         }
     }
     let ipam = parse_ipam(raw.ipam.map(|o| o.0), &name)?;
+    let policy_socket = raw
+        .policy_socket
+        .unwrap_or_else(|| PathBuf::from(kinc_types::policy_gate::SOCKET));
+    validate_socket_path(&policy_socket)?;
+    let timeout_ms = raw
+        .policy_timeout_ms
+        .unwrap_or(kinc_types::policy_gate::DEFAULT_TIMEOUT_MS);
+    if !(1..=600_000).contains(&timeout_ms) {
+        return Err(invalid(
+            "policyTimeoutMs",
+            format!("{timeout_ms} is outside 1..600000"),
+        ));
+    }
     let port_mappings = match raw.runtime_config.and_then(|r| r.0.port_mappings) {
         Some(list) => parse_port_mappings(list.into_iter().map(|o| o.0).collect())?,
         None => Vec::new(),
@@ -241,6 +260,8 @@ pub fn parse(bytes: &[u8]) -> CniResult<NetConf> {
         is_gateway: raw.is_gateway.unwrap_or(true),
         ip_masq: raw.ip_masq.unwrap_or(true),
         hairpin: raw.hairpin_mode.unwrap_or(true),
+        policy_socket,
+        policy_timeout: std::time::Duration::from_millis(timeout_ms),
         ipam,
         dns: raw.dns.map(|o| o.0),
         port_mappings,
@@ -504,6 +525,22 @@ fn validate_data_dir(dir: &std::path::Path) -> CniResult<()> {
         "ipam.dataDir",
         format!("{:?} {why}", dir.display()),
     ))
+}
+
+/// A Unix socket path: absolute, no NUL, and short enough for `sun_path` (108 bytes).
+fn validate_socket_path(p: &std::path::Path) -> CniResult<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = p.as_os_str().as_bytes();
+    let why = if !p.is_absolute() {
+        "must be an absolute path"
+    } else if bytes.contains(&0) {
+        "must not contain a NUL byte"
+    } else if bytes.len() > 107 {
+        "is longer than a Unix socket path can be (107 bytes)"
+    } else {
+        return Ok(());
+    };
+    Err(invalid("policySocket", format!("{:?} {why}", p.display())))
 }
 
 fn parse_port_mappings(list: Vec<RawPortMapping>) -> CniResult<Vec<PortMapping>> {

@@ -24,6 +24,23 @@ pub struct CniEnv {
     pub ifname: String,
     /// `IP=` from CNI_ARGS (podman's `--ip`): a requested address.
     pub requested_ip: Option<std::net::Ipv4Addr>,
+    /// `K8S_POD_NAMESPACE=` and `K8S_POD_NAME=` from CNI_ARGS (kubelet's runtime sets
+    /// both): the pod NetworkPolicy may select. `None` for other runtimes (podman).
+    pub pod: Option<PodRef>,
+}
+
+/// A Kubernetes pod by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The parts of CNI_ARGS kincnet reads.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Args {
+    ip: Option<std::net::Ipv4Addr>,
+    pod: Option<PodRef>,
 }
 
 fn env_err(msg: impl Into<String>) -> CniError {
@@ -82,16 +99,17 @@ impl CniEnv {
                 return Err(env_err(format!("CNI_NETNS: {n:?} contains a NUL byte")));
             }
         }
-        let requested_ip = match get("CNI_ARGS") {
+        let args = match get("CNI_ARGS") {
             Some(args) => parse_args(&args)?,
-            None => None,
+            None => Args::default(),
         };
         Ok(CniEnv {
             command,
             container_id,
             netns: netns.map(PathBuf::from),
             ifname,
-            requested_ip,
+            requested_ip: args.ip,
+            pod: args.pod,
         })
     }
 }
@@ -111,22 +129,49 @@ fn validate_container_id(id: &str) -> CniResult<()> {
     }
 }
 
-/// CNI_ARGS is `K=V;K=V`. Only `IP` means something to kincnet; the rest
-/// (K8S_POD_NAME, IgnoreUnknown, ...) is accepted and ignored.
-fn parse_args(args: &str) -> CniResult<Option<std::net::Ipv4Addr>> {
-    let mut ip = None;
+/// CNI_ARGS is `K=V;K=V`. `IP`, `K8S_POD_NAMESPACE` and `K8S_POD_NAME` mean something
+/// to kincnet; the rest (K8S_POD_UID, IgnoreUnknown, ...) is accepted and ignored. The
+/// pod is known only when both its namespace and its name are given.
+fn parse_args(args: &str) -> CniResult<Args> {
+    let mut out = Args::default();
+    let (mut ns, mut name) = (None, None);
     for pair in args.split(';').filter(|p| !p.is_empty()) {
         let (k, v) = pair
             .split_once('=')
             .ok_or_else(|| env_err(format!("CNI_ARGS: {pair:?} is not KEY=VALUE")))?;
-        if k == "IP" {
-            ip = Some(
-                v.parse()
-                    .map_err(|_| env_err(format!("CNI_ARGS: IP={v:?} is not an IPv4 address")))?,
-            );
+        match k {
+            "IP" => {
+                out.ip =
+                    Some(v.parse().map_err(|_| {
+                        env_err(format!("CNI_ARGS: IP={v:?} is not an IPv4 address"))
+                    })?)
+            }
+            "K8S_POD_NAMESPACE" => ns = Some(object_name(k, v, 63)?),
+            "K8S_POD_NAME" => name = Some(object_name(k, v, 253)?),
+            _ => {}
         }
     }
-    Ok(ip)
+    if let (Some(namespace), Some(name)) = (ns, name) {
+        out.pod = Some(PodRef { namespace, name });
+    }
+    Ok(out)
+}
+
+/// A namespace (DNS label) or pod name (DNS subdomain) as the API server admits them.
+fn object_name(key: &str, v: &str, max: usize) -> CniResult<String> {
+    let ok = !v.is_empty()
+        && v.len() <= max
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && v.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(env_err(format!(
+            "CNI_ARGS: {key}={v:?} is not a Kubernetes object name (lowercase alphanumerics, '-' and '.', at most {max} bytes)"
+        )))
+    }
 }
 
 #[cfg(test)]
@@ -201,5 +246,42 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(e.requested_ip, Some("10.0.0.9".parse().unwrap()));
+        assert_eq!(e.pod, None, "a name without a namespace is no pod");
+    }
+
+    #[test]
+    fn args_pod() {
+        let base = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/x"),
+        ];
+        let with = |args: &str| {
+            let mut p = base.to_vec();
+            p.push(("CNI_ARGS", args));
+            env(&p)
+        };
+        let e =
+            with("IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME=pg-0;K8S_POD_UID=u").unwrap();
+        assert_eq!(
+            e.pod,
+            Some(PodRef {
+                namespace: "db".into(),
+                name: "pg-0".into()
+            })
+        );
+        for bad in [
+            "K8S_POD_NAMESPACE=Db;K8S_POD_NAME=a",
+            "K8S_POD_NAMESPACE=;K8S_POD_NAME=a",
+            "K8S_POD_NAMESPACE=a;K8S_POD_NAME=a/b",
+            "K8S_POD_NAMESPACE=a;K8S_POD_NAME=-a",
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.code, Code::InvalidEnv, "{bad}");
+            assert!(e.msg.contains("K8S_POD_NAM"), "{bad}: {}", e.msg);
+        }
+        let long = format!("K8S_POD_NAMESPACE={};K8S_POD_NAME=a", "a".repeat(64));
+        assert_eq!(with(&long).unwrap_err().code, Code::InvalidEnv);
     }
 }

@@ -2,6 +2,7 @@
 //! behind a trait so the commands do not depend on how it is programmed.
 //! The implementation is `kinc-nft`: nf_tables over netlink, no `nft` process.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use crate::config::{NetConf, PortMapping, Proto};
@@ -39,6 +40,17 @@ pub trait Firewall {
     fn pod_mappings(&self, ip: Ipv4Addr) -> Result<Vec<PortMapping>, FwError>;
     /// Removes every element whose target is not in `keep` (GC); returns how many.
     fn retain_pods(&self, keep: &[Ipv4Addr]) -> Result<usize, FwError>;
+    /// kincnet-policy's namespace keys (`None`: no controller in this netns).
+    fn policy_namespaces(&self) -> Result<Option<BTreeSet<u32>>, FwError>;
+    /// Drops every forwarded packet from or to `ip` until unpended.
+    fn pend(&self, ip: Ipv4Addr) -> Result<(), FwError>;
+    /// Undoes `pend`; fine when `ip` is not pending.
+    fn unpend(&self, ip: Ipv4Addr) -> Result<(), FwError>;
+    /// Whether `ip` is pending.
+    fn is_pending(&self, ip: Ipv4Addr) -> Result<bool, FwError>;
+    /// Removes every kincnet-policy element that names `ip` (when the controller did
+    /// not confirm a release); returns how many.
+    fn purge_policy(&self, ip: Ipv4Addr) -> Result<usize, FwError>;
 }
 
 /// The nftables table (family ip) kincnet owns; networks share it, each with its
@@ -109,5 +121,20 @@ impl Firewall for Nft {
     }
     fn retain_pods(&self, keep: &[Ipv4Addr]) -> Result<usize, FwError> {
         self.0.retain_pods(keep).map_err(|e| self.err(e))
+    }
+    fn policy_namespaces(&self) -> Result<Option<BTreeSet<u32>>, FwError> {
+        self.0.policy_namespaces().map_err(|e| self.err(e))
+    }
+    fn pend(&self, ip: Ipv4Addr) -> Result<(), FwError> {
+        self.0.pend_pod(ip).map_err(|e| self.err(e))
+    }
+    fn unpend(&self, ip: Ipv4Addr) -> Result<(), FwError> {
+        self.0.unpend_pod(ip).map_err(|e| self.err(e))
+    }
+    fn is_pending(&self, ip: Ipv4Addr) -> Result<bool, FwError> {
+        self.0.is_pending(ip).map_err(|e| self.err(e))
+    }
+    fn purge_policy(&self, ip: Ipv4Addr) -> Result<usize, FwError> {
+        self.0.purge_policy(ip).map_err(|e| self.err(e))
     }
 }

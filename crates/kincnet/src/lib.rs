@@ -8,6 +8,7 @@ pub mod config;
 pub mod env;
 pub mod error;
 pub mod firewall;
+pub mod gate;
 pub mod ipam;
 pub mod netlink;
 pub mod plugin;

@@ -25,5 +25,9 @@ fn main() {
     let mut so = std::io::stdout().lock();
     let _ = so.write_all(out.stdout.as_bytes());
     let _ = so.flush();
+    drop(so);
+    if kincnet::plugin::exit_detached_wanted() {
+        kincnet::plugin::exit_detached(out.code);
+    }
     std::process::exit(out.code);
 }

@@ -13,6 +13,7 @@ use crate::config::{self, NetConf, PortMapping};
 use crate::env::{self, CniEnv, Command};
 use crate::error::{CniError, CniResult, Code};
 use crate::firewall::{self, Firewall};
+use crate::gate::{self, Gate};
 use crate::ipam::{self, Store};
 use crate::netlink::{mac_string, Link, Netlink, NlError};
 use crate::result::{AddOutcome, RawResult, Route};
@@ -355,8 +356,30 @@ fn add(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<AddOutcome
         &conf.port_mappings,
     )?;
     let host = host_veth_name(&cenv.container_id, &cenv.ifname);
-    let made = ensure_bridge(&mut nl, conf, fw)
-        .and_then(|bridge| set_up_pod(&mut nl, &mut pod, &ns, cenv, conf, fw, &bridge, &host, ip));
+    let mut gated = false;
+    let made = ensure_bridge(&mut nl, conf, fw).and_then(|bridge| {
+        // NetworkPolicy before the first packet: a pod policies may select is fail-closed
+        // in the kernel before its interface exists, and ADD returns only once
+        // kincnet-policy has programmed its rules (see `gate`).
+        let gate = gate::decide(cenv.pod.as_ref(), fw.policy_namespaces()?.as_ref());
+        if gate != Gate::Open {
+            fw.pend(ip)?;
+            gated = true;
+            DETACH_EXIT.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let out = set_up_pod(&mut nl, &mut pod, &ns, cenv, conf, fw, &bridge, &host, ip)?;
+        if let (Gate::NotSynced | Gate::Namespace, Some(p)) = (gate, cenv.pod.as_ref()) {
+            gate::program(
+                &conf.policy_socket,
+                conf.policy_timeout,
+                gate,
+                p,
+                ip,
+                &cenv.container_id,
+            )?;
+        }
+        Ok(out)
+    });
     match made {
         Ok(out) => Ok(out),
         Err(e) => {
@@ -370,6 +393,10 @@ fn add(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<AddOutcome
             }
             let undone = Store::open(&conf.ipam.data_dir).and_then(|mut s| {
                 fw.remove_pod(ip, &conf.port_mappings)?;
+                if gated {
+                    // The controller may have programmed the pod after we gave up.
+                    release_policy(fw, conf, ip, &cenv.container_id)?;
+                }
                 s.release(&cenv.container_id, &cenv.ifname)
             });
             if let Err(ce) = undone {
@@ -476,11 +503,89 @@ fn del(cenv: &CniEnv, conf: &NetConf, fw: &dyn Firewall) -> CniResult<()> {
     // Elements left by a lost store are GC's (it compares them with the live records).
     if let Some(rec) = store.get(&cenv.container_id, &cenv.ifname).cloned() {
         fw.remove_pod(rec.ip, &rec.port_mappings)?;
+        release_policy(fw, conf, rec.ip, &cenv.container_id)?;
         store.release(&cenv.container_id, &cenv.ifname)?;
     }
     drop(store);
     // Deleting the host end removes the pair, also when the netns is already gone.
     delete_link_detached(&host_veth_name(&cenv.container_id, &cenv.ifname))
+}
+
+/// Set when kincnet-policy may have deleted set elements during this call (a gated ADD,
+/// a release): see [`exit_detached`].
+static DETACH_EXIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the binary should leave closing its sockets to a child (`exit_detached`).
+pub fn exit_detached_wanted() -> bool {
+    DETACH_EXIT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Exits with `code` at once, leaving the release of this process's nf_tables socket to
+/// a forked child. Releasing an nfnetlink socket waits for the kernel's pending
+/// nf_tables destroy work, which ends with an RCU grace period (~10 ms here) when anyone
+/// deleted elements just before: kincnet-policy does (the pending element) right before
+/// a gated ADD returns. The runtime waits for this process, not for the child, which
+/// holds the socket, closes it and exits. The answer is on stdout already.
+pub fn exit_detached(code: i32) -> ! {
+    use nix::unistd::{fork, ForkResult};
+    // SAFETY: called by main after the command, with no other threads running: the
+    // child is a full copy of a single-threaded process.
+    if let Ok(ForkResult::Child) = unsafe { fork() } {
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+            // SAFETY: dup2 onto the standard descriptors of this child only.
+            unsafe {
+                libc::dup2(fd, 0);
+                libc::dup2(fd, 1);
+                libc::dup2(fd, 2);
+            }
+        }
+        // SAFETY: _exit, as a forked child should.
+        unsafe { libc::_exit(0) }
+    }
+    // Parent (or no fork: exit here and wait for the release ourselves).
+    // SAFETY: stdout was flushed by the caller; nothing else needs an exit handler.
+    unsafe { libc::_exit(code) }
+}
+
+/// Removes every NetworkPolicy verdict of `ip` before its address can be handed out
+/// again (called under the IPAM store's lock): its pending element, and the elements
+/// kincnet-policy programmed for it as a pod and as a peer. The controller is asked
+/// first (it keeps its model in step); when it does not confirm in time, kincnet
+/// deletes them from the kernel itself, and the controller's next transaction that
+/// misses them rewrites its sets whole. Without a controller only `pod_pending` can
+/// hold the address.
+fn release_policy(
+    fw: &dyn Firewall,
+    conf: &NetConf,
+    ip: Ipv4Addr,
+    container_id: &str,
+) -> CniResult<()> {
+    // A delete is looked for first: any nf_tables delete makes the next release of an
+    // nfnetlink socket, anyone's, wait for an RCU grace period (see `exit_detached`).
+    let unpend = |fw: &dyn Firewall| -> CniResult<()> {
+        if fw.is_pending(ip)? {
+            DETACH_EXIT.store(true, std::sync::atomic::Ordering::Relaxed);
+            fw.unpend(ip)?;
+        }
+        Ok(())
+    };
+    if fw.policy_namespaces()?.is_none() {
+        return unpend(fw);
+    }
+    DETACH_EXIT.store(true, std::sync::atomic::Ordering::Relaxed);
+    let timeout = std::time::Duration::from_millis(kinc_types::policy_gate::RELEASE_TIMEOUT_MS)
+        .min(conf.policy_timeout);
+    if gate::release(&conf.policy_socket, ip, container_id, timeout) {
+        unpend(fw)?;
+    } else {
+        fw.purge_policy(ip)?;
+    }
+    Ok(())
 }
 
 /// Deletes a link without making the caller wait for it.
@@ -652,12 +757,20 @@ fn gc(conf: &NetConf, fw: &dyn Firewall) -> CniResult<()> {
         .map(|a| host_veth_name(&a.container_id, &a.ifname))
         .collect();
     let mut store = Store::open(&conf.ipam.data_dir)?;
+    let before: Vec<(Ipv4Addr, String)> = store
+        .records()
+        .map(|r| (r.ip, r.container_id.clone()))
+        .collect();
     store.retain(&keep)?;
     let kept_ips: Vec<Ipv4Addr> = store.records().map(|r| r.ip).collect();
     // Every element of this subnet whose address no kept record holds: the freed
-    // attachments' and any orphan, in one transaction. Under the store's lock, so an
-    // ADD cannot be handed a freed address and map a port to it in between.
+    // attachments' and any orphan (hostPort and pending elements), in one transaction.
+    // Under the store's lock, so an ADD cannot be handed a freed address and map a port
+    // to it in between; the freed addresses' policy verdicts go under it too.
     fw.retain_pods(&kept_ips)?;
+    for (ip, cid) in before.iter().filter(|(ip, _)| !kept_ips.contains(ip)) {
+        release_policy(fw, conf, *ip, cid)?;
+    }
     drop(store);
     // Host ends left behind (a killed ADD, a DEL that never came): kincnet's names on
     // this network's bridge that belong to no valid attachment.

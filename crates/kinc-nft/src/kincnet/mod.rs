@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::nl::{self, Elem, Family, Msg, Rule, Set, Socket};
 
 pub use rules::{
-    CHAIN_HOSTPORTS, CHAIN_OUTPUT, CHAIN_POSTROUTING, CHAIN_PREROUTING, MAP_HOSTPORTS_ANY,
-    MAP_HOSTPORTS_IP,
+    pending_set, policy_namespaces_set, CHAIN_GATE, CHAIN_HOSTPORTS, CHAIN_OUTPUT,
+    CHAIN_POSTROUTING, CHAIN_PREROUTING, GATE_PRIORITY, MAP_HOSTPORTS_ANY, MAP_HOSTPORTS_IP,
+    POLICY_ADDR_SETS, SET_PENDING, SET_POLICY_NAMESPACES,
 };
 
 /// Transport protocol of a port mapping.
@@ -332,6 +333,7 @@ impl NetworkFirewall {
         for (id, map) in [
             rules::map_hostports_ip(&self.table),
             rules::map_hostports_any(&self.table),
+            rules::pending_set(&self.table),
         ]
         .iter()
         .enumerate()
@@ -383,6 +385,107 @@ impl NetworkFirewall {
                 }
             }
             Err(last.expect("loop ran"))
+        })
+        .map_err(|e| self.err(e))
+    }
+
+    /// Puts `ip` into `pod_pending`: from now on the node forwards nothing from or to it
+    /// until [`NetworkFirewall::unpend_pod`] (or kincnet-policy) deletes it.
+    pub fn pend_pod(&self, ip: Ipv4Addr) -> Result<(), FirewallError> {
+        self.validate()?;
+        let set = rules::pending_set(&self.table);
+        let msgs = [set.add_elems_msg(&[Elem::key(ip.octets().to_vec())])];
+        nl::with_socket(|sock| sock.commit(&msgs, None)).map_err(|e| self.err(e))
+    }
+
+    /// Deletes `ip` from `pod_pending`; fine when it is not there (the element is added
+    /// and deleted in one transaction, so there is no ENOENT to tell apart).
+    pub fn unpend_pod(&self, ip: Ipv4Addr) -> Result<(), FirewallError> {
+        self.validate()?;
+        let msgs = unpend_msgs(&self.table, ip);
+        nl::with_socket(|sock| match sock.commit(&msgs, None) {
+            // No table or set: nothing is pending.
+            Err(e) if e.is_not_found() => Ok(()),
+            r => r,
+        })
+        .map_err(|e| self.err(e))
+    }
+
+    /// Whether `ip` is in `pod_pending` (false when the set does not exist).
+    pub fn is_pending(&self, ip: Ipv4Addr) -> Result<bool, FirewallError> {
+        self.validate()?;
+        let set = rules::pending_set(&self.table);
+        nl::with_socket(|sock| match sock.get_elem(&set, &ip.octets()) {
+            Ok(found) => Ok(found.is_some()),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        })
+        .map_err(|e| self.err(e))
+    }
+
+    /// Deletes every element of kincnet-policy's address-keyed sets
+    /// ([`POLICY_ADDR_SETS`]) that names `ip`, and `ip` from `pod_pending`, in one
+    /// transaction. Returns how many policy elements went.
+    pub fn purge_policy(&self, ip: Ipv4Addr) -> Result<usize, FirewallError> {
+        self.validate()?;
+        let want = ip.octets();
+        nl::with_socket(|sock| {
+            let mut last = None;
+            for _ in 0..RETRIES {
+                // Only what is there: a delete costs every later socket release an RCU
+                // grace period.
+                let pending = sock.get_elem(&rules::pending_set(&self.table), &want)?;
+                let mut msgs = match pending {
+                    Some(_) => unpend_msgs(&self.table, ip),
+                    None => Vec::new(),
+                };
+                let mut n = 0;
+                for (name, offsets) in POLICY_ADDR_SETS {
+                    let mut set = rules::pending_set(&self.table);
+                    set.name = name.to_string();
+                    let elems = match sock.list_elems(&set) {
+                        Ok(e) => e,
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) => return Err(e),
+                    };
+                    let hit: Vec<Elem> = elems
+                        .into_iter()
+                        .filter(|e| offsets.iter().any(|o| e.key.get(*o..*o + 4) == Some(&want)))
+                        .map(|e| Elem::key(e.key))
+                        .collect();
+                    n += hit.len();
+                    msgs.extend(elem_msgs(&set, &hit, false));
+                }
+                if msgs.is_empty() {
+                    return Ok(0);
+                }
+                match sock.commit(&msgs, None) {
+                    // Deleted by the controller between our read and our delete.
+                    Err(e) if e.errno() == Some(libc::ENOENT) && n > 0 => last = Some(e),
+                    Err(e) if e.is_not_found() => return Ok(0),
+                    r => return r.map(|()| n),
+                }
+            }
+            Err(last.expect("loop ran"))
+        })
+        .map_err(|e| self.err(e))
+    }
+
+    /// The keys in kincnet-policy's `policy_namespaces` (one netlink dump), or `None`
+    /// when the set does not exist (no controller has run in this network namespace).
+    pub fn policy_namespaces(&self) -> Result<Option<BTreeSet<u32>>, FirewallError> {
+        self.validate()?;
+        let set = rules::policy_namespaces_set(&self.table);
+        nl::with_socket(|sock| match sock.list_elems(&set) {
+            Ok(elems) => Ok(Some(
+                elems
+                    .iter()
+                    .filter_map(|e| e.key.get(..4)?.try_into().ok())
+                    .map(u32::from_ne_bytes)
+                    .collect(),
+            )),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
         })
         .map_err(|e| self.err(e))
     }
@@ -593,10 +696,26 @@ impl NetworkFirewall {
                 }
             }
             let n = per_map.values().map(Vec::len).sum();
-            let msgs: Vec<Msg> = per_map
+            let mut msgs: Vec<Msg> = per_map
                 .iter()
                 .flat_map(|(map, elems)| elem_msgs(&self.map(map), elems, false))
                 .collect();
+            // Pending addresses of attachments that are gone (an ADD killed midway).
+            let pending = rules::pending_set(&self.table);
+            let stale: Vec<Elem> = match sock.list_elems(&pending) {
+                Ok(e) => e,
+                Err(e) if e.is_not_found() => Vec::new(),
+                Err(e) => return Err(self.err(e)),
+            }
+            .into_iter()
+            .filter(|e| {
+                let ip = e.key.get(..4).and_then(|k| <[u8; 4]>::try_from(k).ok());
+                ip.map(Ipv4Addr::from)
+                    .is_some_and(|ip| self.subnet.contains(ip) && !keep.contains(&ip))
+            })
+            .map(|e| Elem::key(e.key))
+            .collect();
+            msgs.extend(elem_msgs(&pending, &stale, false));
             match sock.commit(&msgs, None) {
                 Err(e) if e.is_not_found() => last = Some(e),
                 r => return r.map(|()| n).map_err(|e| self.err(e)),
@@ -604,6 +723,15 @@ impl NetworkFirewall {
         }
         Err(self.err(last.expect("loop ran")))
     }
+}
+
+/// The messages that delete `ip` from `pod_pending` whether or not it is there: an add
+/// (no error for an element that exists) then a delete, in one transaction. kincnet-policy
+/// puts them into the transaction that programs the pod's rules.
+pub fn unpend_msgs(table: &str, ip: Ipv4Addr) -> Vec<Msg> {
+    let set = rules::pending_set(table);
+    let e = [Elem::key(ip.octets().to_vec())];
+    vec![set.add_elems_msg(&e), set.del_elems_msg(&e)]
 }
 
 #[cfg(test)]

@@ -16,6 +16,10 @@
 //!                        ct status dnat meta l4proto . ct original proto-dst @hostports_any masquerade }
 //! }
 //! ```
+//!   set pod_pending { type ipv4_addr }   # pods whose NetworkPolicy is not programmed yet
+//!   chain pod-gate { type filter hook forward priority -10; policy accept;
+//!                    ip saddr @pod_pending drop
+//!                    ip daddr @pod_pending drop }
 //! The last two rules masquerade a pod's connection to a hostPort that lands on a pod
 //! (hairpin included: without it the pod would see its own address as the source and
 //! drop the reply as a martian). They look the ORIGINAL destination up in the same maps,
@@ -42,6 +46,59 @@ pub const CHAIN_HOSTPORTS: &str = "hostports";
 pub const MAP_HOSTPORTS_IP: &str = "hostports_ip";
 pub const MAP_HOSTPORTS_ANY: &str = "hostports_any";
 pub const SHARED_PREFIX: &str = "kinc:shared:";
+/// Drops every forwarded packet from or to a pod in [`SET_PENDING`]; runs before
+/// kincnet-policy's `policy-forward` (priority 0), and before its conntrack shortcut.
+pub const CHAIN_GATE: &str = "pod-gate";
+pub const GATE_PRIORITY: i32 = -10;
+/// Pods whose NetworkPolicy rules are not in the kernel yet (kincnet adds them during
+/// ADD, kincnet-policy deletes them in the transaction that programs their rules).
+pub const SET_PENDING: &str = "pod_pending";
+/// kincnet-policy's: the namespaces with NetworkPolicies, as
+/// `kinc_types::policy_gate::namespace_key`s, and `SYNCED_KEY` once it has synced.
+pub const SET_POLICY_NAMESPACES: &str = "policy_namespaces";
+
+/// kincnet-policy's sets whose elements are keyed by pod addresses, and the byte
+/// offsets of the addresses in their keys (`local` first, then `peer`). kincnet deletes
+/// an address's elements from them on DEL when the controller did not confirm it did.
+/// kincnet-policy's `nft.rs` tests that its layout matches this table.
+pub const POLICY_ADDR_SETS: [(&str, &[usize]); 10] = [
+    ("policy_in_isolated", &[0]),
+    ("policy_in_class", &[0]),
+    ("policy_in_peer", &[0, 4]),
+    ("policy_in_proto", &[0, 4]),
+    ("policy_in_port", &[0, 4]),
+    ("policy_eg_isolated", &[0]),
+    ("policy_eg_class", &[0]),
+    ("policy_eg_peer", &[0, 4]),
+    ("policy_eg_proto", &[0, 4]),
+    ("policy_eg_port", &[0, 4]),
+];
+
+/// `pod_pending`: one pod address per element.
+pub fn pending_set(table: &str) -> Set {
+    Set {
+        family: Family::Ip,
+        table: table.into(),
+        name: SET_PENDING.into(),
+        key_type: TYPE_IPADDR,
+        key_fields: vec![4],
+        data: None,
+        flags: 0,
+    }
+}
+
+/// `policy_namespaces`: 32-bit keys (shown by `nft` as marks).
+pub fn policy_namespaces_set(table: &str) -> Set {
+    Set {
+        family: Family::Ip,
+        table: table.into(),
+        name: SET_POLICY_NAMESPACES.into(),
+        key_type: TYPE_MARK,
+        key_fields: vec![4],
+        data: None,
+        flags: 0,
+    }
+}
 
 pub fn net_prefix(bridge: &str) -> String {
     format!("kinc:net:{bridge}:")
@@ -89,6 +146,17 @@ pub fn chains(table: &str, bridge: &str) -> Vec<Chain> {
         base(table, CHAIN_PREROUTING, Hook::Prerouting, -100),
         base(table, CHAIN_OUTPUT, Hook::Output, -100),
         base(table, CHAIN_POSTROUTING, Hook::Postrouting, 100),
+        Chain {
+            family: Family::Ip,
+            table: table.into(),
+            name: CHAIN_GATE.into(),
+            base: Some(BaseChain {
+                ty: ChainType::Filter,
+                hook: Hook::Forward,
+                priority: GATE_PRIORITY,
+                policy: Some(Verdict::Accept),
+            }),
+        },
     ]
 }
 
@@ -296,6 +364,18 @@ pub fn rules(table: &str, bridge: &str, subnet: Ipv4Network, masquerade: bool) -
             ],
         ),
     ];
+    for (name, offset) in [("gate-saddr", IP_SADDR), ("gate-daddr", IP_DADDR)] {
+        out.push(rule(
+            table,
+            CHAIN_GATE,
+            shared(name),
+            vec![
+                load_ip(offset, reg(0)),
+                lookup(SET_PENDING, reg(0), None),
+                Expr::Verdict(Verdict::Drop),
+            ],
+        ));
+    }
     let localhost = Ipv4Network::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("valid prefix");
     let mut lo = ip_in(IP_SADDR, localhost, CmpOp::Eq);
     lo.extend(ct_status_dnat());

@@ -196,4 +196,5 @@ pub const RTN_LOCAL: u32 = 2;
 pub const TYPE_IPADDR: u32 = 7;
 pub const TYPE_INET_PROTOCOL: u32 = 12;
 pub const TYPE_INET_SERVICE: u32 = 13;
+pub const TYPE_MARK: u32 = 19;
 pub const TYPE_IFNAME: u32 = 41;
