@@ -219,6 +219,19 @@ pub const CHECKS: &[Check] = &[
             true,
         ),
     )),
+    pending(
+        "new: not yet seen passing in the VM",
+        real(timeout(
+            600,
+            check(
+                "real-policy-first-packet",
+                "a pod whose container connects out the instant it starts is denied by an \
+                 egress policy that selects it (kincnet waits for kincnet-policy before ADD \
+                 returns); an unselected pod started the same way connects on its first try",
+                true,
+            ),
+        )),
+    ),
     real(timeout(
         1200,
         check(

@@ -45,6 +45,7 @@ pub fn guest_check(name: &str) -> Result<()> {
         "real-fail-fast" => super::e2e_real::fail_fast(),
         "real-persist" => super::e2e_real::persist_write(),
         "real-network" => super::e2e_real::network(),
+        "real-policy-first-packet" => super::e2e_real::policy_first_packet(),
         "real-two-clusters" => super::e2e_real::two_clusters(),
         "real-after-reboot" => super::e2e_real::after_reboot(),
         "real-delete" => super::e2e_real::delete(),

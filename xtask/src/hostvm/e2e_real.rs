@@ -848,6 +848,124 @@ pub fn network() -> Result<()> {
     with_diagnostics(CLUSTER, r)
 }
 
+/// A pod whose container tries to connect out from its first instruction, 15 times
+/// (3 s each, so a first SYN lost on a fresh veth is retried within the try): under an egress policy that selects it, not one attempt gets through
+/// (kincnet's ADD returned only once kincnet-policy had programmed the pod); the same pod
+/// unselected connects on its first try. kincnet-policy saw both CNI requests, refused none.
+pub fn policy_first_packet() -> Result<()> {
+    let r = (|| {
+        let ns = |name: &str| serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            ns("gate-open"), ns("gate-e2e"),
+            np_pod("gate-open", "target", serde_json::json!({"app": "target"}), true, None),
+            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+             "metadata": {"name": "deny-egress", "namespace": "gate-e2e"},
+             "spec": {"podSelector": {"matchLabels": {"app": "eager"}},
+                      "policyTypes": ["Egress"], "egress": []}},
+        ]});
+        apply(CLUSTER, "gate-setup", &list)?;
+        let target = pod_ip(CLUSTER, "gate-open", "target")?;
+        // The controller must know the namespace has a policy before the pod's ADD: that
+        // is the gate's contract (a policy created after a pod's ADD applies when the
+        // controller programs it, like any policy change).
+        let node = node(CLUSTER);
+        poll(
+            "kincnet-policy gating namespace gate-e2e",
+            Duration::from_secs(120),
+            || {
+                let text = quiet(&[
+                    "podman",
+                    "exec",
+                    &node,
+                    "kincnet-policy",
+                    "--status",
+                    "-o",
+                    "json",
+                ])?;
+                let s: serde_json::Value = serde_json::from_str(&text).ok()?;
+                (s["synced"] == true && s["gated_namespaces"].as_u64() >= Some(1)).then_some(())
+            },
+        )?;
+        let before = policy_status(&node)?;
+        let eager = |name: &str, app: &str| {
+            let cmd = format!(
+                "for i in $(seq 1 15); do if wget -q -T 3 -O - http://{target}:8080/ >/dev/null; \
+                 then echo CONNECTED-$i; else echo BLOCKED-$i; sleep 1; fi; done; echo DONE"
+            );
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "gate-e2e", "labels": {"app": app}},
+                "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                         "containers": [{"name": "c", "image": busybox(), "imagePullPolicy": "Never",
+                                         "command": ["sh", "-c", cmd]}]}})
+        };
+        let pods = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            eager("eager", "eager"), eager("control", "control"),
+        ]});
+        apply(CLUSTER, "gate-pods", &pods)?;
+        let log = |name: &str| -> Result<String> {
+            pod_in_phase(CLUSTER, "gate-e2e", name, "Succeeded")?;
+            kc(CLUSTER, &["--namespace", "gate-e2e", "logs", name])
+        };
+        let eager_log = log("eager")?;
+        let control_log = log("control")?;
+        println!(
+            "  eager: {}",
+            eager_log.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+        println!(
+            "  control: {}",
+            control_log
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        ensure!(
+            eager_log.contains("BLOCKED-1")
+                && eager_log.contains("DONE")
+                && !eager_log.contains("CONNECTED"),
+            "the selected pod got out despite its egress policy: {eager_log}"
+        );
+        ensure!(
+            control_log.lines().next() == Some("CONNECTED-1"),
+            "the unselected pod did not connect on its first try: {control_log}"
+        );
+        let after = policy_status(&node)?;
+        let requests = after["cni_requests"].as_u64().unwrap_or(0)
+            - before["cni_requests"].as_u64().unwrap_or(0);
+        let refused = after["cni_refused"].as_u64().unwrap_or(0)
+            - before["cni_refused"].as_u64().unwrap_or(0);
+        println!("  kincnet-policy: {requests} CNI request(s) during the check, {refused} refused");
+        ensure!(requests >= 2 && refused == 0, "kincnet-policy answered {requests} CNI requests, refused {refused} (want >= 2, 0): {after}");
+        kc(
+            CLUSTER,
+            &[
+                "delete",
+                "namespace",
+                "gate-open",
+                "gate-e2e",
+                "--wait=false",
+            ],
+        )?;
+        Ok(())
+    })();
+    with_diagnostics(CLUSTER, r)
+}
+
+/// kincnet-policy's `--status -o json` in `cluster`'s node.
+fn policy_status(node: &str) -> Result<serde_json::Value> {
+    let text = ok(&[
+        "podman",
+        "exec",
+        node,
+        "kincnet-policy",
+        "--status",
+        "-o",
+        "json",
+    ])?;
+    serde_json::from_str(&text).context("kincnet-policy --status -o json")
+}
+
 /// The cluster created beside the first.
 const SECOND: &str = "real2";
 
