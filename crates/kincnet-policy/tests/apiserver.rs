@@ -134,18 +134,7 @@ fn rbac_manifest_grants_exactly_what_the_controller_uses() {
 
 /// A CA certificate for the kubeconfig. Only its public part: the connection is plain
 /// HTTP, but kube-rs parses the CA of the cluster it is given.
-const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
-MIIBmDCCAT+gAwIBAgIUbUXuAB5hy3PPs/p1csBmAcqLnX8wCgYIKoZIzj0EAwIw
-ITEfMB0GA1UEAwwWa2luY25ldC1wb2xpY3ktdGVzdC1jYTAgFw0yNjExMjUwMjE4
-MTRaGA8yMTI2MTEwMTAyMTgxNFowITEfMB0GA1UEAwwWa2luY25ldC1wb2xpY3kt
-dGVzdC1jYTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABHmGoMJXmCq0XnJkXyTX
-qmkzikoURGgB0OqJUGH3ZUkQ4WTkxHEN3hCMMDDZX24ntW/WyM/s7F/jlEpuyeOl
-TMajUzBRMB0GA1UdDgQWBBSQcWztshRj1grxjn88BoEHlj4d0DAfBgNVHSMEGDAW
-gBSQcWztshRj1grxjn88BoEHlj4d0DAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49
-BAMCA0cAMEQCICEZ27iu8KAC2snoKYNwRysqsftL67HWuTHumNKr2RTRAiBIP1ZP
-xjpZRBz/gu4tSpv8TusgBsumIpxcaAfSoGedLQ==
------END CERTIFICATE-----
-";
+const TEST_CA: &str = include_str!("test-ca.pem");
 
 /// A listener on 127.0.0.1 inside `ns`, bound from a thread that entered it (a socket
 /// stays in the namespace it was made in).

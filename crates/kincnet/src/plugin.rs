@@ -531,25 +531,31 @@ pub fn exit_detached(code: i32) -> ! {
     // SAFETY: called by main after the command, with no other threads running: the
     // child is a full copy of a single-threaded process.
     if let Ok(ForkResult::Child) = unsafe { fork() } {
-        if let Ok(null) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-        {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
-            // SAFETY: dup2 onto the standard descriptors of this child only.
-            unsafe {
-                libc::dup2(fd, 0);
-                libc::dup2(fd, 1);
-                libc::dup2(fd, 2);
-            }
-        }
+        stdio_to_null();
         // SAFETY: _exit, as a forked child should.
         unsafe { libc::_exit(0) }
     }
     // Parent (or no fork: exit here and wait for the release ourselves).
     // SAFETY: stdout was flushed by the caller; nothing else needs an exit handler.
     unsafe { libc::_exit(code) }
+}
+
+/// In a forked child that outlives the call: stdin, stdout and stderr on /dev/null, so
+/// the runtime reading the plugin's output never waits for the child.
+fn stdio_to_null() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+        // SAFETY: dup2 onto the standard descriptors of this (child) process only.
+        unsafe {
+            libc::dup2(fd, 0);
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+        }
+    }
 }
 
 /// Removes every NetworkPolicy verdict of `ip` before its address can be handed out
@@ -603,19 +609,7 @@ fn delete_link_detached(name: &str) -> CniResult<()> {
     // process and may allocate and make syscalls.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            if let Ok(null) = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-            {
-                let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
-                // SAFETY: dup2 onto the standard descriptors of this child only.
-                unsafe {
-                    libc::dup2(fd, 0);
-                    libc::dup2(fd, 1);
-                    libc::dup2(fd, 2);
-                }
-            }
+            stdio_to_null();
             if let Ok(mut nl) = Netlink::open() {
                 let _ = nl.del_link_by_name(name);
             }

@@ -28,18 +28,7 @@ const TABLE: &str = "kincnet";
 const SUBNET: &str = "10.97.0.0/24";
 
 /// The CA of the kubeconfig (public part only; the connection is plain HTTP).
-const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
-MIIBmDCCAT+gAwIBAgIUbUXuAB5hy3PPs/p1csBmAcqLnX8wCgYIKoZIzj0EAwIw
-ITEfMB0GA1UEAwwWa2luY25ldC1wb2xpY3ktdGVzdC1jYTAgFw0yNjExMjUwMjE4
-MTRaGA8yMTI2MTEwMTAyMTgxNFowITEfMB0GA1UEAwwWa2luY25ldC1wb2xpY3kt
-dGVzdC1jYTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABHmGoMJXmCq0XnJkXyTX
-qmkzikoURGgB0OqJUGH3ZUkQ4WTkxHEN3hCMMDDZX24ntW/WyM/s7F/jlEpuyeOl
-TMajUzBRMB0GA1UdDgQWBBSQcWztshRj1grxjn88BoEHlj4d0DAfBgNVHSMEGDAW
-gBSQcWztshRj1grxjn88BoEHlj4d0DAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49
-BAMCA0cAMEQCICEZ27iu8KAC2snoKYNwRysqsftL67HWuTHumNKr2RTRAiBIP1ZP
-xjpZRBz/gu4tSpv8TusgBsumIpxcaAfSoGedLQ==
------END CERTIFICATE-----
-";
+const TEST_CA: &str = include_str!("../test-ca.pem");
 
 pub fn role_rules() -> Vec<PolicyRule> {
     let docs: Vec<Value> = serde_yaml::Deserializer::from_str(MANIFEST)
