@@ -146,72 +146,6 @@ pub fn plain_containerd(mut node: ContainerdConfig, crun: &str) -> ContainerdCon
     node
 }
 
-// --- kincnet's conflist, as kinc-init writes it (crates/kinc-init/src/cni.rs).
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Conflist {
-    pub cni_version: String,
-    pub name: String,
-    pub plugins: Vec<KincnetPlugin>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KincnetPlugin {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub bridge: String,
-    pub is_gateway: bool,
-    pub ip_masq: bool,
-    pub hairpin_mode: bool,
-    pub ipam: Ipam,
-    pub capabilities: Capabilities,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Ipam {
-    pub subnet: String,
-    pub routes: Vec<Route>,
-    pub data_dir: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Route {
-    pub dst: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Capabilities {
-    pub port_mappings: bool,
-}
-
-pub fn conflist(pod_subnet: &str) -> Conflist {
-    Conflist {
-        cni_version: "1.0.0".into(),
-        name: kn::KINCNET_NETWORK.into(),
-        plugins: vec![KincnetPlugin {
-            kind: "kincnet".into(),
-            bridge: kn::KINCNET_BRIDGE.into(),
-            is_gateway: true,
-            ip_masq: true,
-            hairpin_mode: true,
-            ipam: Ipam {
-                subnet: pod_subnet.into(),
-                routes: vec![Route {
-                    dst: "0.0.0.0/0".into(),
-                }],
-                data_dir: "/var/lib/cni/kincnet".into(),
-            },
-            capabilities: Capabilities {
-                port_mappings: true,
-            },
-        }],
-    }
-}
-
 // --- kubeadm's documents, as kinc-init renders them (crates/kinc-init/src/kubeadm.rs)
 // minus what only a rootless node needs.
 
@@ -639,7 +573,7 @@ fn set_up(r: &mut SideResult) -> Result<()> {
     let list = ImageList::load(&images_dir.join(kn::IMAGE_LIST_FILE))?;
     write(
         kn::KINCNET_CONFLIST,
-        &format!("{}\n", serde_json::to_string_pretty(&conflist(POD_SUBNET))?),
+        &kinc_init::cni::Conflist::for_pod_subnet(POD_SUBNET.parse()?).to_json(),
         0o644,
     )?;
     let cfg = ClusterConfig::new(
@@ -873,24 +807,6 @@ mod tests {
             );
         }
         assert!(ours.len() > 30, "{ours:?}");
-    }
-
-    #[test]
-    fn conflist_is_kinc_inits() {
-        let v = serde_json::to_value(conflist(POD_SUBNET)).unwrap();
-        let p = &v["plugins"][0];
-        assert_eq!(v["name"], kn::KINCNET_NETWORK);
-        assert_eq!(v["cniVersion"], "1.0.0");
-        assert_eq!(p["type"], "kincnet");
-        assert_eq!(p["bridge"], kn::KINCNET_BRIDGE);
-        assert_eq!(
-            (&p["isGateway"], &p["ipMasq"], &p["hairpinMode"]),
-            (&true.into(), &true.into(), &true.into())
-        );
-        assert_eq!(p["ipam"]["subnet"], POD_SUBNET);
-        assert_eq!(p["ipam"]["routes"][0]["dst"], "0.0.0.0/0");
-        assert_eq!(p["ipam"]["dataDir"], "/var/lib/cni/kincnet");
-        assert_eq!(p["capabilities"]["portMappings"], true);
     }
 
     #[test]
