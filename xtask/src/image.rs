@@ -102,7 +102,7 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     };
     let ctx_dir = match &args.context_only {
         Some(d) => d.clone(),
-        None => root.join("target/kinc-image-context"),
+        None => crate::hostvm::build::target_dir().join("kinc-image-context"),
     };
     let sources = context::Sources::of_workspace(&root, binaries);
     context::assemble(&sources, BINARIES, &ctx_dir)?;
@@ -174,7 +174,9 @@ fn build_release(root: &Path, wanted: &[Binary]) -> anyhow::Result<Vec<(Binary, 
         }
     }
     Ok(context::binaries_in(
-        &root.join("target").join(node_target()).join("release"),
+        &crate::hostvm::build::target_dir()
+            .join(node_target())
+            .join("release"),
         wanted,
     ))
 }

@@ -145,6 +145,133 @@ pub(crate) fn diagnose(cluster: &str) {
         "30",
         "/var/log/crun-wrapper.log",
     ]);
+    // A starved node shows itself in its load and in kubelet killing what it probes.
+    let _ = sh(&["podman", "exec", &n, "cat", "/proc/loadavg"]);
+    let _ = sh(&["podman", "exec", &n, "free", "-m"]);
+    let _ = sh(&[
+        "podman",
+        "exec",
+        &n,
+        "journalctl",
+        "--no-pager",
+        "-o",
+        "short-precise",
+        "-u",
+        "kubelet",
+        "-n",
+        "60",
+        "--grep",
+        "probe failed|Killing container|OOM|Back-off restarting",
+    ]);
+    let _ = sh(&[
+        "podman",
+        "exec",
+        &n,
+        "journalctl",
+        "--no-pager",
+        "-o",
+        "cat",
+        "-n",
+        "40",
+        "-u",
+        "kincnet-policy",
+    ]);
+    let _ = sh(&[
+        "podman",
+        "exec",
+        &n,
+        "cat",
+        "/run/kincnet-policy/status.json",
+    ]);
+    control_plane_logs(&n);
+}
+
+/// The last lines of every log the control plane's containers wrote, restarted ones
+/// included (kubelet keeps one file per restart): why the API server or etcd went away.
+fn control_plane_logs(node: &str) {
+    let Some(files) = quiet(&[
+        "podman",
+        "exec",
+        node,
+        "find",
+        "/var/log/pods",
+        "-name",
+        "*.log",
+    ]) else {
+        return;
+    };
+    let wanted = [
+        "kube-apiserver",
+        "etcd",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ];
+    for f in files.lines().filter(|f| {
+        f.contains("/kube-system_") && wanted.iter().any(|w| f.contains(&format!("/{w}/")))
+    }) {
+        let _ = sh(&["podman", "exec", node, "tail", "-n", "25", f]);
+    }
+}
+
+/// While `kinc create --wait` runs: every minute the node's load and its pods, so a
+/// failed create's log shows when things went wrong, not only how they ended.
+struct Watcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    fn start(cluster: &str) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let n = node(cluster);
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let t = Instant::now();
+            let mut next = Duration::from_secs(60);
+            while !flag.load(Ordering::Relaxed) {
+                if t.elapsed() < next {
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+                next += Duration::from_secs(60);
+                let load = quiet(&["podman", "exec", &n, "cat", "/proc/loadavg"]);
+                let pods = quiet(&[
+                    "podman",
+                    "exec",
+                    &n,
+                    "kubectl",
+                    "--kubeconfig",
+                    "/etc/kubernetes/admin.conf",
+                    "--request-timeout=20s",
+                    "get",
+                    "pods",
+                    "--all-namespaces",
+                    "--no-headers",
+                ]);
+                println!(
+                    "  [{:4.0} s] load {}\n{}",
+                    t.elapsed().as_secs_f64(),
+                    load.as_deref().unwrap_or("?"),
+                    pods.as_deref()
+                        .unwrap_or("  (no answer from the API server)")
+                );
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn with_diagnostics(cluster: &str, r: Result<()>) -> Result<()> {
@@ -239,6 +366,7 @@ pub fn create() -> Result<()> {
 
 fn create_once() -> Result<()> {
     let t = Instant::now();
+    let watcher = Watcher::start(CLUSTER);
     let r = ok(&[
         &kinc(),
         "create",
@@ -250,6 +378,7 @@ fn create_once() -> Result<()> {
         // A failed bootstrap keeps the node, so the diagnostics can read it.
         "--retain",
     ]);
+    drop(watcher);
     println!("  kinc create --wait: {:.1} s", t.elapsed().as_secs_f64());
     with_diagnostics(
         CLUSTER,
