@@ -37,6 +37,37 @@ fn arg(name: &str, value: impl Into<String>) -> Arg {
     }
 }
 
+/// An environment variable of a control-plane container (v1beta4 `extraEnvs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+/// The Go garbage collector's target for the control plane and etcd: a collection when
+/// the heap has grown 4x past what survived the last one, not Go's default 2x. Starting
+/// an API server allocates heavily; on 2 emulated CPUs the collections were a large part
+/// of the CPU that etcd and the API server fought over while kubeadm waited. The price is
+/// memory (a few hundred MB more for the API server), which a node has more of than CPU.
+fn fewer_collections() -> Vec<EnvVar> {
+    vec![EnvVar {
+        name: "GOGC".into(),
+        value: "400".into(),
+    }]
+}
+
+/// etcd's own patience. Its request timeout is 5 s plus two election timeouts (7 s by
+/// default); a proposal slower than that fails with "etcdserver: request timed out", and an
+/// API server post-start hook that gets that error exits the API server (seen on a starved
+/// node: the API server died twice before kubeadm could create the admin binding). One
+/// member never holds an election, so a longer election timeout costs nothing: 15 s.
+fn patient_etcd() -> Vec<Arg> {
+    vec![
+        arg("heartbeat-interval", "500"),
+        arg("election-timeout", "5000"),
+    ]
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InitConfiguration {
@@ -118,6 +149,12 @@ pub struct ClusterConfiguration {
     pub api_server: ApiServer,
     pub controller_manager: ControlPlaneComponent,
     pub scheduler: ControlPlaneComponent,
+    pub etcd: Etcd,
+    /// Keys and certificates as ECDSA P-256, not kubeadm's default RSA-2048: every TLS
+    /// handshake with the API server, etcd and kubelet signs with the server's key, and a
+    /// P-256 signature costs a fraction of an RSA-2048 one. On a starved node (2 emulated
+    /// CPUs) the RSA handshakes of probes and controllers were seen timing out.
+    pub encryption_algorithm: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,12 +170,29 @@ pub struct Networking {
 pub struct ApiServer {
     #[serde(rename = "certSANs")]
     pub cert_sans: Vec<String>,
+    pub extra_args: Vec<Arg>,
+    pub extra_envs: Vec<EnvVar>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ControlPlaneComponent {
     pub extra_args: Vec<Arg>,
+    pub extra_envs: Vec<EnvVar>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Etcd {
+    pub local: LocalEtcd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalEtcd {
+    pub data_dir: String,
+    pub extra_args: Vec<Arg>,
+    pub extra_envs: Vec<EnvVar>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,7 +295,14 @@ impl KubeadmConfig {
                 service_subnet: cfg.service_subnet.to_string(),
                 dns_domain: cfg.dns_domain.clone(),
             },
-            api_server: ApiServer { cert_sans: sans },
+            api_server: ApiServer {
+                cert_sans: sans,
+                // The API server's liveness (`/livez`) includes an etcd read with a 2 s
+                // limit; on a starved node etcd answered in up to 10 s, and eight failed
+                // probes in a row restart the API server, which starves the node more.
+                extra_args: vec![arg("etcd-healthcheck-timeout", "10s")],
+                extra_envs: fewer_collections(),
+            },
             controller_manager: ControlPlaneComponent {
                 // The node gets the whole pod subnet (kincnet allocates from it), so the
                 // controller manager's per-node CIDR is the subnet itself.
@@ -252,10 +313,20 @@ impl KubeadmConfig {
                     ),
                     no_leader_election(),
                 ],
+                extra_envs: fewer_collections(),
             },
             scheduler: ControlPlaneComponent {
                 extra_args: vec![no_leader_election()],
+                extra_envs: fewer_collections(),
             },
+            etcd: Etcd {
+                local: LocalEtcd {
+                    data_dir: "/var/lib/etcd".into(),
+                    extra_args: patient_etcd(),
+                    extra_envs: fewer_collections(),
+                },
+            },
+            encryption_algorithm: "ECDSA-P256".into(),
         };
         let kubelet = KubeletConfiguration {
             api_version: KUBELET_API.into(),
