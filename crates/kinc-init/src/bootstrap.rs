@@ -21,7 +21,7 @@ use kinc_types::{BootstrapStatus, ClusterConfig, StepState};
 
 use crate::cni::Conflist;
 use crate::fsx;
-use crate::kubeadm::KubeadmConfig;
+use crate::kubeadm::{self, KubeadmConfig};
 use crate::netinfo::{detect_node_ip, NodeIpError};
 use crate::paths::NodePaths;
 use crate::policy::{self, PolicyAccessError};
@@ -46,6 +46,9 @@ pub mod step {
 }
 
 /// Steps of `kinc-init prepare`.
+/// How often a late kubeadm phase is tried after `kubeadm init` failed in it.
+pub const PHASE_ATTEMPTS: u32 = 5;
+
 pub const PREPARE_STEPS: [&str; 4] = [
     step::LOAD_CONFIG,
     step::DETECT_NODE_IP,
@@ -501,6 +504,24 @@ impl<'a> Bootstrap<'a> {
         Cmd::new("kubectl", all)
     }
 
+    /// One of kubeadm init's late phases, tried [`PHASE_ATTEMPTS`] times: each attempt
+    /// is a few API calls that a starved API server may answer too late.
+    fn kubeadm_phase_retried(&self, phase: &[&str]) -> Result<(), InitError> {
+        let cmd = self.kubeadm_phase(phase);
+        let mut attempt = 1;
+        loop {
+            match self.runner.run_ok(&cmd) {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < PHASE_ATTEMPTS => {
+                    eprintln!("kinc-init: attempt {attempt} of `{cmd}` failed: {e}");
+                    attempt += 1;
+                    std::thread::sleep(self.timeouts.poll);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     fn kubeadm_phase(&self, phase: &[&str]) -> Cmd {
         let mut args = vec!["init", "phase"];
         args.extend_from_slice(phase);
@@ -672,8 +693,37 @@ impl<'a> Bootstrap<'a> {
             ))?;
         }
         let cfg = self.paths.kubeadm_config().display().to_string();
-        self.runner
-            .run_ok(&Cmd::new("kubeadm", ["init", "--config", &cfg]))?;
+        match self
+            .runner
+            .run_ok(&Cmd::new("kubeadm", ["init", "--config", &cfg]))
+        {
+            Ok(_) => {}
+            Err(RunError::Failed {
+                cmd,
+                code,
+                stderr,
+                stdout,
+            }) => {
+                let Some(rest) = kubeadm::phases_to_resume(&format!("{stderr}\n{stdout}")) else {
+                    return Err(RunError::Failed {
+                        cmd,
+                        code,
+                        stderr,
+                        stdout,
+                    }
+                    .into());
+                };
+                eprintln!(
+                    "kinc-init: kubeadm init failed after the control plane came up ({}); \
+                     running its remaining phases again",
+                    crate::runner::last_lines(&stderr, &stdout)
+                );
+                for phase in rest {
+                    self.kubeadm_phase_retried(phase)?;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
         state.initialized = true;
         state.cluster_ip = Some(ip);
         state.save(&self.paths.node_state())?;

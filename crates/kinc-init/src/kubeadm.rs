@@ -244,6 +244,41 @@ pub struct Conntrack {
     pub tcp_close_wait_timeout: String,
 }
 
+/// `kubeadm init`'s phases after `wait-control-plane`, in its order, as `kubeadm init
+/// phase` takes them (`upload-certs` and `show-join-command` do nothing for one node).
+/// Each creates or updates API objects, so running one again is safe.
+pub const LATE_PHASES: &[&[&str]] = &[
+    &["upload-config", "all"],
+    &["mark-control-plane"],
+    &["bootstrap-token"],
+    &["kubelet-finalize", "all"],
+    &["addon", "all"],
+];
+
+/// Which of [`LATE_PHASES`] to run again after `kubeadm init` printed `output` and failed:
+/// the failed one and those after it, when it failed after the control plane was up
+/// (kubeadm's client gives every request 10 s, and some phases, such as the CoreDNS
+/// addon's Service, do not retry; a starved API server was seen missing that). `None`
+/// when it failed earlier or said nothing kinc recognises: that failure is real.
+pub fn phases_to_resume(output: &str) -> Option<&'static [&'static [&'static str]]> {
+    const MARK: &str = "error execution phase ";
+    let at = output.rfind(MARK)? + MARK.len();
+    let phase = output[at..]
+        .split([':', ' ', '\n'])
+        .next()?
+        .split('/')
+        .next()?;
+    match phase {
+        // Skipped for one node; the next phase is where to go on.
+        "upload-certs" => Some(&LATE_PHASES[1..]),
+        "show-join-command" => Some(&[]),
+        _ => LATE_PHASES
+            .iter()
+            .position(|p| p[0] == phase)
+            .map(|i| &LATE_PHASES[i..]),
+    }
+}
+
 /// The four documents kubeadm reads from one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubeadmConfig {
@@ -401,5 +436,57 @@ impl KubeadmConfig {
             kubelet,
             kube_proxy,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resumes_from_the_phase_kubeadm_names() {
+        let out = "[WARNING ...]\nerror execution phase addon/coredns: unable to create a new \
+                   DNS service: Post \"https://x/api?timeout=10s\": Client.Timeout exceeded\n";
+        assert_eq!(phases_to_resume(out), Some(&LATE_PHASES[4..]));
+        let out = "error execution phase upload-config/kubelet: timed out";
+        assert_eq!(phases_to_resume(out), Some(LATE_PHASES));
+        let out = "error execution phase mark-control-plane: nodes not found";
+        assert_eq!(phases_to_resume(out), Some(&LATE_PHASES[1..]));
+        assert_eq!(
+            phases_to_resume("error execution phase upload-certs: x"),
+            Some(&LATE_PHASES[1..])
+        );
+        assert_eq!(
+            phases_to_resume("error execution phase show-join-command: x"),
+            Some(&[][..])
+        );
+    }
+
+    #[test]
+    fn an_early_or_unknown_failure_is_not_resumed() {
+        for out in [
+            "error execution phase wait-control-plane: could not bootstrap the admin user",
+            "error execution phase preflight: [ERROR Port-6443]: Port 6443 is in use",
+            "error execution phase certs/apiserver: failure loading key",
+            "couldn't validate the identity of the API Server",
+            "",
+        ] {
+            assert_eq!(phases_to_resume(out), None, "{out}");
+        }
+    }
+
+    #[test]
+    fn late_phases_are_the_ones_kubeadm_runs_after_the_control_plane() {
+        let names: Vec<&str> = LATE_PHASES.iter().map(|p| p[0]).collect();
+        assert_eq!(
+            names,
+            [
+                "upload-config",
+                "mark-control-plane",
+                "bootstrap-token",
+                "kubelet-finalize",
+                "addon"
+            ]
+        );
     }
 }

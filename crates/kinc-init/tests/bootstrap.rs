@@ -251,6 +251,87 @@ fn failed_kubeadm_init_is_in_the_status_file_and_stops_the_bootstrap() {
         .all(|l| !l.starts_with("kubectl")));
 }
 
+/// What kubeadm init printed on a starved node: the control plane was up, and the CoreDNS
+/// addon's one request ran out of kubeadm's 10 s.
+const LATE_FAILURE: &str = "[WARNING SystemVerification]: missing optional cgroups: hugetlb\n\
+    error execution phase addon/coredns: unable to create a new DNS service: Post \
+    \"https://192.0.0.8:6443/api/v1/namespaces/kube-system/services?timeout=10s\": net/http: \
+    request canceled (Client.Timeout exceeded while awaiting headers)\n\
+    To see the stack trace of this error execute with --v=5 or higher";
+
+fn init_failing_late(root: std::path::PathBuf, addon_failures: usize) -> RecordingRunner {
+    let addon_calls = std::sync::atomic::AtomicUsize::new(0);
+    let r = root.clone();
+    healthy_runner(root, move |c| {
+        if c.program != "kubeadm" {
+            return None;
+        }
+        if c.args[..2] == ["init", "--config"] {
+            fake_kubeadm_init(&r);
+            return Some(fail(1, LATE_FAILURE));
+        }
+        if c.args[..3] == ["init", "phase", "addon"] {
+            let n = addon_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return (n < addon_failures).then(|| fail(1, "Client.Timeout exceeded"));
+        }
+        None
+    })
+}
+
+#[test]
+fn kubeadm_init_failing_after_the_control_plane_is_up_goes_on_from_that_phase() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::new(&cfg);
+    let runner = init_failing_late(node.root().to_path_buf(), 1);
+    boot(&node, &runner, &IpKnob::new(ip(5))).unwrap();
+    let kubeadm: Vec<String> = calls(&node, &runner)
+        .into_iter()
+        .filter(|l| l.starts_with("kubeadm"))
+        .collect();
+    let addon = "kubeadm init phase addon all --config /var/lib/kinc/kubeadm.yaml";
+    // The failed phase again (its first retry fails too, the second passes), and not
+    // the phases before it, which had passed.
+    assert_eq!(
+        kubeadm,
+        [
+            "kubeadm init --config /var/lib/kinc/kubeadm.yaml",
+            addon,
+            addon
+        ],
+        "{kubeadm:#?}"
+    );
+    let s = saved_status(&node);
+    assert_eq!(s.phase, Phase::Ready);
+    assert!(
+        NodeState::load(&node.paths.node_state())
+            .unwrap()
+            .initialized
+    );
+}
+
+#[test]
+fn a_late_phase_that_keeps_failing_fails_kubeadm_init() {
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::new(&cfg);
+    let runner = init_failing_late(node.root().to_path_buf(), usize::MAX);
+    let err = boot(&node, &runner, &IpKnob::new(ip(5))).unwrap_err();
+    assert!(err.to_string().contains("init phase addon all"), "{err}");
+    let tries = calls(&node, &runner)
+        .iter()
+        .filter(|l| l.contains("init phase addon"))
+        .count();
+    assert_eq!(tries, kinc_init::bootstrap::PHASE_ATTEMPTS as usize);
+    assert_eq!(
+        saved_status(&node).failed_step().unwrap().name,
+        step::KUBEADM_INIT
+    );
+    assert!(
+        !NodeState::load(&node.paths.node_state())
+            .unwrap()
+            .initialized
+    );
+}
+
 #[test]
 fn retry_after_a_half_done_init_resets_first() {
     let cfg = cluster("dev", 6444);
