@@ -485,6 +485,7 @@ mod tests {
             cache_root_for(Some("".into()), true),
             PathBuf::from(SYSTEM_CACHE)
         );
-        assert!(cache_root_for(None, false).ends_with("target/hostvm"));
+        // Not root: below cargo's build directory (CARGO_TARGET_DIR, else target/).
+        assert_eq!(cache_root_for(None, false), target_dir().join("hostvm"));
     }
 }
