@@ -663,7 +663,10 @@ mod tests {
         // The real-cluster checks are pending (REAL_CLUSTER_PENDING): the default plan
         // reboots after the last stand-in check before the after-reboot ones.
         assert_eq!(at, ["node-image"]);
-        assert!(run.iter().all(|c| !c.real), "a real check in the default plan");
+        assert!(
+            run.iter().all(|c| !c.real),
+            "a real check in the default plan"
+        );
         let (run, _) = plan(CHECKS, &["real-fail-fast".into()], |_| true);
         assert_eq!(run.len(), 1, "a pending real check runs when named");
         // Every after-reboot check comes after every other one.
