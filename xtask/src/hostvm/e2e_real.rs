@@ -30,6 +30,9 @@ fn node(cluster: &str) -> String {
     format!("kinc-{cluster}-control-plane")
 }
 
+/// kubectl inside the node, as the node's admin.
+const NODE_KUBECTL: [&str; 3] = ["kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf"];
+
 /// What the node says about itself when something failed: the bootstrap status, failed
 /// units and the last lines of the units a bootstrap depends on.
 pub(crate) fn diagnose(cluster: &str) {
@@ -44,6 +47,7 @@ pub(crate) fn diagnose(cluster: &str) {
         "kubelet",
         "kinc-prepare",
         "kinc-cgroup-setup",
+        "kincnet-policy",
     ] {
         let _ = sh(&[
             "podman",
@@ -70,14 +74,8 @@ pub(crate) fn diagnose(cluster: &str) {
         "list",
     ]);
     let kubectl_in_node = |args: &[&str]| {
-        let mut v = vec![
-            "podman",
-            "exec",
-            &n,
-            "kubectl",
-            "--kubeconfig",
-            "/etc/kubernetes/admin.conf",
-        ];
+        let mut v = vec!["podman", "exec", n.as_str()];
+        v.extend_from_slice(&NODE_KUBECTL);
         v.extend_from_slice(args);
         let _ = sh(&v);
     };
@@ -146,43 +144,21 @@ pub(crate) fn diagnose(cluster: &str) {
         "/var/log/crun-wrapper.log",
     ]);
     // A starved node shows itself in its load and in kubelet killing what it probes.
-    let _ = sh(&["podman", "exec", &n, "cat", "/proc/loadavg"]);
-    let _ = sh(&["podman", "exec", &n, "free", "-m"]);
-    let _ = sh(&[
-        "podman",
-        "exec",
-        &n,
+    let in_node = |args: &[&str]| {
+        let mut v = vec!["podman", "exec", n.as_str()];
+        v.extend_from_slice(args);
+        let _ = sh(&v);
+    };
+    in_node(&["cat", "/proc/loadavg"]);
+    in_node(&["free", "-m"]);
+    in_node(&[
         "journalctl",
         "--no-pager",
-        "-o",
-        "short-precise",
-        "-u",
-        "kubelet",
-        "-n",
-        "60",
-        "--grep",
-        "probe failed|Killing container|OOM|Back-off restarting",
+        "--unit=kubelet",
+        "--lines=60",
+        "--grep=probe failed|Killing container|OOM|Back-off restarting",
     ]);
-    let _ = sh(&[
-        "podman",
-        "exec",
-        &n,
-        "journalctl",
-        "--no-pager",
-        "-o",
-        "cat",
-        "-n",
-        "40",
-        "-u",
-        "kincnet-policy",
-    ]);
-    let _ = sh(&[
-        "podman",
-        "exec",
-        &n,
-        "cat",
-        "/run/kincnet-policy/status.json",
-    ]);
+    in_node(&["cat", "/run/kincnet-policy/status.json"]);
     control_plane_logs(&n);
 }
 
@@ -236,19 +212,16 @@ impl Watcher {
                 }
                 next += Duration::from_secs(60);
                 let load = quiet(&["podman", "exec", &n, "cat", "/proc/loadavg"]);
-                let pods = quiet(&[
-                    "podman",
-                    "exec",
-                    &n,
-                    "kubectl",
-                    "--kubeconfig",
-                    "/etc/kubernetes/admin.conf",
+                let mut argv = vec!["podman", "exec", n.as_str()];
+                argv.extend_from_slice(&NODE_KUBECTL);
+                argv.extend([
                     "--request-timeout=20s",
                     "get",
                     "pods",
                     "--all-namespaces",
                     "--no-headers",
                 ]);
+                let pods = quiet(&argv);
                 println!(
                     "  [{:4.0} s] load {}\n{}",
                     t.elapsed().as_secs_f64(),
