@@ -45,10 +45,10 @@ pub mod step {
     pub const WAIT_COREDNS: &str = "wait-coredns";
 }
 
-/// Steps of `kinc-init prepare`.
 /// How often a late kubeadm phase is tried after `kubeadm init` failed in it.
 pub const PHASE_ATTEMPTS: u32 = 5;
 
+/// Steps of `kinc-init prepare`.
 pub const PREPARE_STEPS: [&str; 4] = [
     step::LOAD_CONFIG,
     step::DETECT_NODE_IP,
@@ -693,36 +693,25 @@ impl<'a> Bootstrap<'a> {
             ))?;
         }
         let cfg = self.paths.kubeadm_config().display().to_string();
-        match self
+        if let Err(e) = self
             .runner
             .run_ok(&Cmd::new("kubeadm", ["init", "--config", &cfg]))
         {
-            Ok(_) => {}
-            Err(RunError::Failed {
-                cmd,
-                code,
-                stderr,
-                stdout,
-            }) => {
-                let Some(rest) = kubeadm::phases_to_resume(&format!("{stderr}\n{stdout}")) else {
-                    return Err(RunError::Failed {
-                        cmd,
-                        code,
-                        stderr,
-                        stdout,
-                    }
-                    .into());
-                };
-                eprintln!(
-                    "kinc-init: kubeadm init failed after the control plane came up ({}); \
-                     running its remaining phases again",
-                    crate::runner::last_lines(&stderr, &stdout)
-                );
-                for phase in rest {
-                    self.kubeadm_phase_retried(phase)?;
+            let rest = match &e {
+                RunError::Failed { stderr, stdout, .. } => {
+                    kubeadm::phases_to_resume(&format!("{stderr}\n{stdout}"))
                 }
+                RunError::Spawn { .. } => None,
+            };
+            let Some(rest) = rest else {
+                return Err(e.into());
+            };
+            eprintln!(
+                "kinc-init: {e}; the control plane is up, so running the remaining phases again"
+            );
+            for phase in rest {
+                self.kubeadm_phase_retried(phase)?;
             }
-            Err(e) => return Err(e.into()),
         }
         state.initialized = true;
         state.cluster_ip = Some(ip);

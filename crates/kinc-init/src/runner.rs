@@ -76,7 +76,7 @@ fn exit_text(code: Option<i32>) -> String {
 }
 
 /// The tail of what the program said, enough to see why without flooding the status file.
-pub(crate) fn last_lines(stderr: &str, stdout: &str) -> String {
+fn last_lines(stderr: &str, stdout: &str) -> String {
     let text = if stderr.trim().is_empty() {
         stdout
     } else {
