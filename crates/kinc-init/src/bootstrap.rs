@@ -707,11 +707,15 @@ impl<'a> Bootstrap<'a> {
                 return Err(e.into());
             };
             eprintln!(
-                "kinc-init: {e}; the control plane is up, so running the remaining phases again"
+                "kinc-init: {e}; the control plane is starting, so running the remaining phases again"
             );
             for phase in rest {
                 self.kubeadm_phase_retried(phase)?;
             }
+        }
+        // Writing their manifests is all it takes: kubelet starts them.
+        for phase in kubeadm::CONTROLLER_PHASES {
+            self.runner.run_ok(&self.kubeadm_phase(phase))?;
         }
         state.initialized = true;
         state.cluster_ip = Some(ip);

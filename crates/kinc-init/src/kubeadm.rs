@@ -76,6 +76,9 @@ pub struct InitConfiguration {
     #[serde(rename = "localAPIEndpoint")]
     pub local_api_endpoint: ApiEndpoint,
     pub node_registration: NodeRegistration,
+    /// The controller manager's and scheduler's manifests: kinc-init writes them once
+    /// `kubeadm init` is through ([`CONTROLLER_PHASES`]).
+    pub skip_phases: Vec<String>,
     pub timeouts: InitTimeouts,
 }
 
@@ -150,6 +153,9 @@ pub struct ClusterConfiguration {
     pub controller_manager: ControlPlaneComponent,
     pub scheduler: ControlPlaneComponent,
     pub etcd: Etcd,
+    /// `WaitForAllControlPlaneComponents` off: kubeadm's wait-control-plane then waits for
+    /// the API server alone, as the controller manager and scheduler do not run yet.
+    pub feature_gates: BTreeMap<String, bool>,
     /// Keys and certificates as ECDSA P-256, not kubeadm's default RSA-2048: every TLS
     /// handshake with the API server, etcd and kubelet signs with the server's key, and a
     /// P-256 signature costs a fraction of an RSA-2048 one. On a starved node (2 emulated
@@ -244,10 +250,23 @@ pub struct Conntrack {
     pub tcp_close_wait_timeout: String,
 }
 
-/// `kubeadm init`'s phases after `wait-control-plane`, in its order, as `kubeadm init
+/// The controller manager and scheduler, started only once `kubeadm init` is through.
+/// Started with the API server, they spend the CPU it needs to start: on a starved node (2
+/// emulated CPUs) they took a quarter of it (controller manager 17 s, scheduler 11-16 s
+/// of CPU a minute) retrying an API server that did not answer yet, and the controller
+/// manager crash-looped. Nothing `kubeadm init` does needs them.
+pub const CONTROLLER_PHASES: &[&[&str]] = &[
+    &["control-plane", "controller-manager"],
+    &["control-plane", "scheduler"],
+];
+
+/// `kubeadm init`'s phases from `wait-control-plane` on, in its order, as `kubeadm init
 /// phase` takes them (`upload-certs` and `show-join-command` do nothing for one node).
-/// Each creates or updates API objects, so running one again is safe.
+/// Each waits for or creates API objects, so running one again is safe.
+/// `wait-control-plane` first makes sure the admin user's binding exists, within one
+/// `kubernetesAPICall` timeout; a starved API server was seen taking longer.
 pub const LATE_PHASES: &[&[&str]] = &[
+    &["wait-control-plane"],
     &["upload-config", "all"],
     &["mark-control-plane"],
     &["bootstrap-token"],
@@ -259,7 +278,8 @@ pub const LATE_PHASES: &[&[&str]] = &[
 /// the failed one and those after it, when it failed after the control plane was up
 /// (kubeadm's client gives every request 10 s, and some phases, such as the CoreDNS
 /// addon's Service, do not retry; a starved API server was seen missing that). `None`
-/// when it failed earlier or said nothing kinc recognises: that failure is real.
+/// when it failed earlier (in preflight, certificates, manifests, the kubelet's start) or
+/// said nothing kinc recognises: that failure is real.
 pub fn phases_to_resume(output: &str) -> Option<&'static [&'static [&'static str]]> {
     const MARK: &str = "error execution phase ";
     let at = output.rfind(MARK)? + MARK.len();
@@ -268,14 +288,23 @@ pub fn phases_to_resume(output: &str) -> Option<&'static [&'static [&'static str
         .next()?
         .split('/')
         .next()?;
-    match phase {
-        // Skipped for one node; the next phase is where to go on.
-        "upload-certs" => Some(&LATE_PHASES[1..]),
-        "show-join-command" => Some(&[]),
-        _ => LATE_PHASES
+    let from = |name: &str| {
+        LATE_PHASES
             .iter()
-            .position(|p| p[0] == phase)
-            .map(|i| &LATE_PHASES[i..]),
+            .position(|p| p[0] == name)
+            .map(|i| &LATE_PHASES[i..])
+    };
+    match phase {
+        // Only the API server was too slow; a kubelet or a control plane that never came
+        // up fails for real, and at once.
+        "wait-control-plane" if output[at..].contains("could not bootstrap the admin user") => {
+            from(phase)
+        }
+        "wait-control-plane" => None,
+        // Skipped for one node; the next phase is where to go on.
+        "upload-certs" => from("mark-control-plane"),
+        "show-join-command" => Some(&[]),
+        _ => from(phase),
     }
 }
 
@@ -317,6 +346,7 @@ impl KubeadmConfig {
                 ignore_preflight_errors: vec!["all".into()],
                 taints: Vec::new(),
             },
+            skip_phases: CONTROLLER_PHASES.iter().map(|p| p.join("/")).collect(),
             timeouts: InitTimeouts::default(),
         };
         let cluster = ClusterConfiguration {
@@ -361,6 +391,10 @@ impl KubeadmConfig {
                     extra_envs: fewer_collections(),
                 },
             },
+            feature_gates: BTreeMap::from([(
+                "WaitForAllControlPlaneComponents".to_string(),
+                false,
+            )]),
             encryption_algorithm: "ECDSA-P256".into(),
         };
         let kubelet = KubeletConfiguration {
@@ -447,15 +481,19 @@ mod tests {
     fn resumes_from_the_phase_kubeadm_names() {
         let out = "[WARNING ...]\nerror execution phase addon/coredns: unable to create a new \
                    DNS service: Post \"https://x/api?timeout=10s\": Client.Timeout exceeded\n";
-        assert_eq!(phases_to_resume(out), Some(&LATE_PHASES[4..]));
+        assert_eq!(phases_to_resume(out), Some(&LATE_PHASES[5..]));
         let out = "error execution phase upload-config/kubelet: timed out";
-        assert_eq!(phases_to_resume(out), Some(LATE_PHASES));
-        let out = "error execution phase mark-control-plane: nodes not found";
         assert_eq!(phases_to_resume(out), Some(&LATE_PHASES[1..]));
+        let out = "error execution phase mark-control-plane: nodes not found";
+        assert_eq!(phases_to_resume(out), Some(&LATE_PHASES[2..]));
         assert_eq!(
             phases_to_resume("error execution phase upload-certs: x"),
-            Some(&LATE_PHASES[1..])
+            Some(&LATE_PHASES[2..])
         );
+        let out = "error execution phase wait-control-plane: cannot obtain client without \
+                   bootstrap: could not bootstrap the admin user in file admin.conf: unable \
+                   to create ClusterRoleBinding: Post \"https://x\": context deadline exceeded";
+        assert_eq!(phases_to_resume(out), Some(LATE_PHASES));
         assert_eq!(
             phases_to_resume("error execution phase show-join-command: x"),
             Some(&[][..])
@@ -465,7 +503,10 @@ mod tests {
     #[test]
     fn an_early_or_unknown_failure_is_not_resumed() {
         for out in [
-            "error execution phase wait-control-plane: could not bootstrap the admin user",
+            "error execution phase wait-control-plane: failed while waiting for the kubelet \
+             to start: Get \"http://127.0.0.1:10248/healthz\": connection refused",
+            "[WARNING x]: could not bootstrap the admin user\nerror execution phase \
+             wait-control-plane: failed while waiting for the control plane to start",
             "error execution phase preflight: [ERROR Port-6443]: Port 6443 is in use",
             "error execution phase certs/apiserver: failure loading key",
             "couldn't validate the identity of the API Server",
@@ -481,6 +522,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "wait-control-plane",
                 "upload-config",
                 "mark-control-plane",
                 "bootstrap-token",

@@ -44,6 +44,9 @@ fn first_boot_runs_every_step_in_order() {
         vec![
             "crictl --runtime-endpoint unix:///var/run/crio/crio.sock info".to_string(),
             "kubeadm init --config /var/lib/kinc/kubeadm.yaml".to_string(),
+            // The controllers only once the API server is through kubeadm init.
+            "kubeadm init phase control-plane controller-manager --config /var/lib/kinc/kubeadm.yaml".to_string(),
+            "kubeadm init phase control-plane scheduler --config /var/lib/kinc/kubeadm.yaml".to_string(),
             format!("kubectl {a} apply -f /usr/share/kinc/manifests/cluster"),
             format!("kubectl {a} --namespace kube-system get secret kincnet-policy-token --output json"),
             format!("kubectl {a} wait --for=condition=Ready node/kinc-dev-control-plane --timeout=1s"),
@@ -290,13 +293,15 @@ fn kubeadm_init_failing_after_the_control_plane_is_up_goes_on_from_that_phase() 
         .collect();
     let addon = "kubeadm init phase addon all --config /var/lib/kinc/kubeadm.yaml";
     // The failed phase again (its first retry fails too, the second passes), and not
-    // the phases before it, which had passed.
+    // the phases before it, which had passed; then the controllers.
     assert_eq!(
         kubeadm,
         [
             "kubeadm init --config /var/lib/kinc/kubeadm.yaml",
             addon,
-            addon
+            addon,
+            "kubeadm init phase control-plane controller-manager --config /var/lib/kinc/kubeadm.yaml",
+            "kubeadm init phase control-plane scheduler --config /var/lib/kinc/kubeadm.yaml",
         ],
         "{kubeadm:#?}"
     );

@@ -304,6 +304,14 @@ pub const KINC_ONLY: &[(&str, &str)] = &[
         "GOGC=400: fewer collections on a starved node",
     ),
     (
+        "InitConfiguration.skipPhases",
+        "kinc starts the controller manager and scheduler after kubeadm init, so they do not take the CPU the API server needs to start",
+    ),
+    (
+        "ClusterConfiguration.featureGates.WaitForAllControlPlaneComponents",
+        "off in kinc: kubeadm init waits for the API server only, the controllers come after it",
+    ),
+    (
         "ClusterConfiguration.encryptionAlgorithm",
         "kinc's ECDSA P-256 keys make every TLS handshake cheaper; kubeadm's default is RSA-2048",
     ),
