@@ -361,6 +361,11 @@ impl<'a> Bootstrap<'a> {
 
         t.run(step::RENDER_KUBEADM_CONFIG, || {
             let yaml = KubeadmConfig::new(&cfg, ip, image.cri).to_yaml();
+            let dir = self.paths.kubeadm_patches();
+            std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+            for (file, json) in kubeadm::probe_patches() {
+                write_file(&dir.join(file), json.as_bytes(), 0o644)?;
+            }
             write_file(&self.paths.kubeadm_config(), yaml.as_bytes(), 0o600)
         })?;
         t.note(

@@ -80,6 +80,58 @@ pub struct InitConfiguration {
     /// `kubeadm init` is through ([`CONTROLLER_PHASES`]).
     pub skip_phases: Vec<String>,
     pub timeouts: InitTimeouts,
+    pub patches: Patches,
+}
+
+/// Where kubeadm finds patches for what it generates ([`probe_patches`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Patches {
+    pub directory: String,
+}
+
+/// The control-plane static pods kubeadm writes, each named as its container.
+pub const STATIC_PODS: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+
+/// Seconds a liveness probe may take, and failures in a row before kubelet restarts the
+/// container: kubeadm's 15 s and 8 (80 s of failing) killed a starved but working API
+/// server (exit 137 while it served, slowly, on 2 emulated CPUs), and its restart cost
+/// the node minutes of CPU. Now a component must fail for 4 minutes.
+pub const LIVENESS_TIMEOUT_SECONDS: i32 = 30;
+pub const LIVENESS_FAILURES: i32 = 24;
+
+/// One strategic-merge patch per control-plane static pod, as kubeadm reads them from
+/// [`Patches::directory`]: (file name, JSON). Only the liveness probe's patience changes;
+/// its handler and period stay kubeadm's.
+pub fn probe_patches() -> Vec<(String, String)> {
+    use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Probe};
+    STATIC_PODS
+        .iter()
+        .map(|name| {
+            let pod = Pod {
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: name.to_string(),
+                        liveness_probe: Some(Probe {
+                            timeout_seconds: Some(LIVENESS_TIMEOUT_SECONDS),
+                            failure_threshold: Some(LIVENESS_FAILURES),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let json = serde_json::to_string_pretty(&pod).expect("a Pod always serializes");
+            (format!("{name}+strategic.json"), json)
+        })
+        .collect()
 }
 
 /// kubeadm's own waits (v1beta4 `timeouts`), as Go durations. Its defaults (1 min for an
@@ -348,6 +400,9 @@ impl KubeadmConfig {
             },
             skip_phases: CONTROLLER_PHASES.iter().map(|p| p.join("/")).collect(),
             timeouts: InitTimeouts::default(),
+            patches: Patches {
+                directory: crate::paths::KUBEADM_PATCHES.into(),
+            },
         };
         let cluster = ClusterConfiguration {
             api_version: KUBEADM_API.into(),
@@ -498,6 +553,36 @@ mod tests {
             phases_to_resume("error execution phase show-join-command: x"),
             Some(&[][..])
         );
+    }
+
+    #[test]
+    fn each_control_plane_pod_gets_a_patient_liveness_probe_and_nothing_else() {
+        use k8s_openapi::api::core::v1::Pod;
+        let patches = probe_patches();
+        let files: Vec<&str> = patches.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            files,
+            [
+                "etcd+strategic.json",
+                "kube-apiserver+strategic.json",
+                "kube-controller-manager+strategic.json",
+                "kube-scheduler+strategic.json"
+            ]
+        );
+        for ((file, json), name) in patches.iter().zip(STATIC_PODS) {
+            let pod: Pod = serde_json::from_str(json).unwrap();
+            let spec = pod.spec.unwrap();
+            assert_eq!(spec.containers.len(), 1, "{file}");
+            let c = &spec.containers[0];
+            // Strategic merge matches containers by name.
+            assert_eq!(c.name, name);
+            let p = c.liveness_probe.as_ref().unwrap();
+            assert_eq!(p.timeout_seconds, Some(30), "{file}");
+            assert_eq!(p.failure_threshold, Some(24), "{file}");
+            // kubeadm's handler and period are kept: the patch does not name them.
+            assert!(p.http_get.is_none() && p.period_seconds.is_none(), "{file}");
+            assert!(c.readiness_probe.is_none() && c.startup_probe.is_none());
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@ use kinc_types::{config, node, status};
 /// Where the rendered kubeadm config goes: on the `/var` volume, so it can be read
 /// from the host for debugging; it is rendered again on every boot.
 pub const KUBEADM_CONFIG: &str = "/var/lib/kinc/kubeadm.yaml";
+/// kubeadm's patches for the static pods (`InitConfiguration.patches.directory`).
+pub const KUBEADM_PATCHES: &str = "/var/lib/kinc/kubeadm-patches";
 /// What kinc-init remembers across boots (initialised or not, the IP the control plane
 /// was configured for).
 pub const NODE_STATE: &str = "/var/lib/kinc/node.json";
@@ -59,6 +61,9 @@ impl NodePaths {
     }
     pub fn kubeadm_config(&self) -> PathBuf {
         self.at(KUBEADM_CONFIG)
+    }
+    pub fn kubeadm_patches(&self) -> PathBuf {
+        self.at(KUBEADM_PATCHES)
     }
     pub fn conflist(&self) -> PathBuf {
         self.at(node::KINCNET_CONFLIST)

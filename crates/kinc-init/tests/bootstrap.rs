@@ -64,6 +64,15 @@ fn first_boot_runs_every_step_in_order() {
     assert!(kubeadm.contains("podSubnet: 10.244.44.0/24"), "{kubeadm}");
     // Registered untainted: the one node runs workloads with no `kubectl taint`.
     assert!(kubeadm.contains("  taints: []\n"), "{kubeadm}");
+    // kubeadm's patches for the control plane's liveness probes, where the config says.
+    assert!(
+        kubeadm.contains("directory: /var/lib/kinc/kubeadm-patches"),
+        "{kubeadm}"
+    );
+    for (file, json) in kinc_init::kubeadm::probe_patches() {
+        let p = node.paths.kubeadm_patches().join(&file);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), json, "{file}");
+    }
     let conflist = std::fs::read_to_string(node.paths.conflist()).unwrap();
     assert!(
         conflist.contains("\"subnet\": \"10.244.44.0/24\""),

@@ -304,6 +304,10 @@ pub const KINC_ONLY: &[(&str, &str)] = &[
         "GOGC=400: fewer collections on a starved node",
     ),
     (
+        "InitConfiguration.patches",
+        "kinc's control-plane liveness probes wait 4 minutes before a restart; kubeadm's 80 s killed a starved, working API server",
+    ),
+    (
         "InitConfiguration.skipPhases",
         "kinc starts the controller manager and scheduler after kubeadm init, so they do not take the CPU the API server needs to start",
     ),

@@ -194,7 +194,7 @@ pub const CHECKS: &[Check] = &[
         ),
     )),
     real(timeout(
-        2700,
+        3000,
         check(
             "real-create",
             "kinc create cluster --wait on the real image: every bootstrap step done, node \
