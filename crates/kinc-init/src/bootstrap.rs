@@ -113,9 +113,11 @@ impl Default for Timeouts {
             cri: Duration::from_secs(120),
             api: Duration::from_secs(180),
             // Generous: a starved host (a laptop under load, a VM under TCG) gets there,
-            // slowly (300 s was seen to run out); a timeout says what the pods were doing.
-            node_ready: Duration::from_secs(600),
-            coredns: Duration::from_secs(600),
+            // slowly (600 s ran out for CoreDNS that was starting on 2 emulated CPUs); how
+            // long a user waits is `kinc create --wait`'s to say, and a timeout here says
+            // what the pods were doing.
+            node_ready: Duration::from_secs(1800),
+            coredns: Duration::from_secs(1800),
             poll: Duration::from_secs(2),
             kubectl_wait: Duration::from_secs(30),
         }
