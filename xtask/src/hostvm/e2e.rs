@@ -102,8 +102,8 @@ const fn pending(why: &'static str, c: Check) -> Check {
 /// 545-627 s, was 219-370 s) and under load 12-16 on its 2 emulated CPUs the API server
 /// kept restarting: in 4 of 4 boots `kubeadm init` or CoreDNS did not finish within the
 /// check's limit, and a suite that cannot pass would keep every other change from landing.
-pub const REAL_CLUSTER_PENDING: &str = "the real cluster does not reach Ready reliably in \
-    this machine's TCG VM (load 12-16 on 2 emulated CPUs, the API server restarting; \
+pub const REAL_CLUSTER_PENDING: &str = "the real cluster has not yet reached Ready in CI's \
+    time in this machine's TCG VM (2 emulated CPUs: podman load 13 min, create 20-26 min; \
     docs/hostvm.md); run the real checks by name";
 
 /// A check on a real cluster booted from the offline node image (pending, see
