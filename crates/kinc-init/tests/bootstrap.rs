@@ -137,10 +137,7 @@ fn restart_with_a_new_ip_regenerates_what_names_the_ip() {
     let runner = node.healthy();
     let status = boot(&node, &runner, &knob).unwrap();
     assert_eq!(status.phase, Phase::Ready);
-    let kubeadm: Vec<String> = calls(&node, &runner)
-        .into_iter()
-        .filter(|l| l.starts_with("kubeadm"))
-        .collect();
+    let kubeadm = kubeadm_calls(&node, &runner);
     let cfgarg = "--config /var/lib/kinc/kubeadm.yaml";
     assert_eq!(
         kubeadm,
@@ -296,10 +293,7 @@ fn kubeadm_init_failing_after_the_control_plane_is_up_goes_on_from_that_phase() 
     let node = FakeNode::new(&cfg);
     let runner = init_failing_late(node.root().to_path_buf(), 1);
     boot(&node, &runner, &IpKnob::new(ip(5))).unwrap();
-    let kubeadm: Vec<String> = calls(&node, &runner)
-        .into_iter()
-        .filter(|l| l.starts_with("kubeadm"))
-        .collect();
+    let kubeadm = kubeadm_calls(&node, &runner);
     let addon = "kubeadm init phase addon all --config /var/lib/kinc/kubeadm.yaml";
     // The failed phase again (its first retry fails too, the second passes), and not
     // the phases before it, which had passed; then the controllers.

@@ -481,15 +481,14 @@ fn retry_after_a_half_done_init_resets_with_the_containerd_socket() {
     fake_kubeadm_init(node.root());
     let runner = node.healthy();
     boot(&node, &runner, &IpKnob::new(ip(5))).unwrap();
-    let kubeadm: Vec<String> = calls(&node, &runner)
-        .into_iter()
-        .filter(|l| l.starts_with("kubeadm") && !l.contains(" phase control-plane "))
-        .collect();
+    let kubeadm = kubeadm_calls(&node, &runner);
     assert_eq!(
         kubeadm,
         [
             "kubeadm reset --force --cri-socket unix:///run/containerd/containerd.sock",
-            "kubeadm init --config /var/lib/kinc/kubeadm.yaml"
+            "kubeadm init --config /var/lib/kinc/kubeadm.yaml",
+            "kubeadm init phase control-plane controller-manager --config /var/lib/kinc/kubeadm.yaml",
+            "kubeadm init phase control-plane scheduler --config /var/lib/kinc/kubeadm.yaml",
         ]
     );
 }

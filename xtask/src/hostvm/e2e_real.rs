@@ -205,7 +205,13 @@ impl Watcher {
         let thread = std::thread::spawn(move || {
             let t = Instant::now();
             let mut next = Duration::from_secs(60);
-            let mut cpu = CpuTimes::new();
+            let cpu_now = || {
+                quiet(&["ps", "-e", "-o", "pid=,times=,comm="])
+                    .map(|ps| cpu_times(&ps))
+                    .unwrap_or_default()
+            };
+            // A baseline, so the first line says what the create used, not the boot.
+            let mut cpu = cpu_now();
             while !flag.load(Ordering::Relaxed) {
                 if t.elapsed() < next {
                     std::thread::sleep(Duration::from_millis(500));
@@ -223,9 +229,7 @@ impl Watcher {
                     "--no-headers",
                 ]);
                 let pods = quiet(&argv);
-                let now = quiet(&["ps", "-e", "-o", "pid=,times=,comm="])
-                    .map(|ps| cpu_times(&ps))
-                    .unwrap_or_default();
+                let now = cpu_now();
                 println!(
                     "  [{:4.0} s] load {}\n  {}\n{}",
                     t.elapsed().as_secs_f64(),

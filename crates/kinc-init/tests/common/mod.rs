@@ -371,3 +371,11 @@ pub fn calls(node: &FakeNode, runner: &RecordingRunner) -> Vec<String> {
         .map(|l| l.replace(&root, "/"))
         .collect()
 }
+
+/// The kubeadm commands among [`calls`], in order.
+pub fn kubeadm_calls(node: &FakeNode, runner: &RecordingRunner) -> Vec<String> {
+    calls(node, runner)
+        .into_iter()
+        .filter(|l| l.starts_with("kubeadm"))
+        .collect()
+}
