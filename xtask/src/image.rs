@@ -78,7 +78,7 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
             }
             Err(e) => bail!("{e}"),
         };
-    let root = workspace_root();
+    let root = crate::hostvm::build::workspace_root();
     if args.offline {
         let mut wanted = BINARIES.to_vec();
         wanted.push(offline::PAUSE);
@@ -126,13 +126,6 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
         return Ok(());
     }
     podman_build("podman", &ctx_dir, &args.tag, args.cache_bust)
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
 }
 
 /// `cargo build --release` of every binary crate present in the workspace; returns
@@ -261,7 +254,10 @@ mod tests {
         );
         assert!(args.contains(&"CACHE_BUST=3".to_string()));
         // Every ARG the Containerfile declares without a default is passed.
-        let cf = std::fs::read_to_string(workspace_root().join("image/Containerfile")).unwrap();
+        let cf = std::fs::read_to_string(
+            crate::hostvm::build::workspace_root().join("image/Containerfile"),
+        )
+        .unwrap();
         for line in cf
             .lines()
             .filter(|l| l.starts_with("ARG ") && !l.contains('='))

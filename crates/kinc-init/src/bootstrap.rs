@@ -6,7 +6,7 @@
 //! kubeadm init or, on a `/var` that was initialised before, bring the same cluster back).
 //! The status file is saved after every change of a step.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -175,7 +175,7 @@ pub const IMPORT_WORKERS: usize = 3;
 /// [`IMPORT_WORKERS`] pairs at once. After a failure no new pair starts (those running
 /// finish); the error returned is that of the first failing pair in `jobs`' order, so
 /// it names the same archive whatever the interleaving.
-fn import_all(runner: &dyn Runner, jobs: &[(Cmd, Cmd)]) -> Result<(), InitError> {
+fn import_all(runner: &dyn Runner, jobs: &[(Cmd, Vec<Cmd>)]) -> Result<(), InitError> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let errors: Mutex<Vec<(usize, RunError)>> = Mutex::new(Vec::new());
@@ -184,10 +184,12 @@ fn import_all(runner: &dyn Runner, jobs: &[(Cmd, Cmd)]) -> Result<(), InitError>
             scope.spawn(|| {
                 while !failed.load(Ordering::SeqCst) {
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some((import, label)) = jobs.get(i) else {
+                    let Some((import, labels)) = jobs.get(i) else {
                         break;
                     };
-                    let done = runner.run_ok(import).and_then(|_| runner.run_ok(label));
+                    let done = runner
+                        .run_ok(import)
+                        .and_then(|_| labels.iter().try_for_each(|l| runner.run_ok(l).map(drop)));
                     if let Err(e) = done {
                         failed.store(true, Ordering::SeqCst);
                         errors.lock().expect("errors lock").push((i, e));
@@ -656,12 +658,17 @@ impl<'a> Bootstrap<'a> {
             ));
         }
         // `--local` (ctr 1.7's default, said explicitly): the client imports and unpacks;
-        // the name is the archive's `io.containerd.image.name` annotation. No
+        // the names are the archive's `io.containerd.image.name` annotations (an archive
+        // may hold several images that share layers: it is imported once). No
         // `--all-platforms`: only this node's platform is imported and unpacked.
-        let jobs: Vec<(Cmd, Cmd)> = missing
-            .iter()
-            .map(|img| {
-                let archive = dir.join(&img.file).display().to_string();
+        let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for img in &missing {
+            by_file.entry(&img.file).or_default().push(&img.name);
+        }
+        let jobs: Vec<(Cmd, Vec<Cmd>)> = by_file
+            .into_iter()
+            .map(|(file, names)| {
+                let archive = dir.join(file).display().to_string();
                 let import = self.ctr([
                     "images",
                     "import",
@@ -670,13 +677,18 @@ impl<'a> Bootstrap<'a> {
                     node::CONTAINERD_SNAPSHOTTER,
                     &archive,
                 ]);
-                let label = self.ctr([
-                    "images".to_string(),
-                    "label".to_string(),
-                    img.name.clone(),
-                    format!("{CRI_PINNED_LABEL}={CRI_PINNED_VALUE}"),
-                ]);
-                (import, label)
+                let labels = names
+                    .into_iter()
+                    .map(|name| {
+                        self.ctr([
+                            "images".to_string(),
+                            "label".to_string(),
+                            name.to_string(),
+                            format!("{CRI_PINNED_LABEL}={CRI_PINNED_VALUE}"),
+                        ])
+                    })
+                    .collect();
+                (import, labels)
             })
             .collect();
         import_all(self.runner, &jobs)?;

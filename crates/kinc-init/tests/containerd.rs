@@ -178,6 +178,45 @@ fn only_missing_images_are_imported_and_a_second_boot_imports_nothing() {
     );
 }
 
+/// The four Kubernetes images share one archive (one copy of their common layer): it is
+/// imported once and each image that was missing is pinned.
+#[test]
+fn an_archive_of_several_images_is_imported_once_and_each_missing_one_pinned() {
+    const SCHED: (&str, &str) = ("registry.k8s.io/kube-scheduler:v1.33.13", "kubernetes.tar");
+    const CM: (&str, &str) = (
+        "registry.k8s.io/kube-controller-manager:v1.33.13",
+        "kubernetes.tar",
+    );
+    let cfg = cluster("dev", 6444);
+    let node = FakeNode::containerd(&cfg, &[PAUSE, SCHED, CM]);
+    let runner = node.healthy();
+    let status = boot(&node, &runner, &IpKnob::new(ip(5))).unwrap();
+    assert_eq!(status.phase, Phase::Ready);
+    let c = ctr_calls(&node, &runner);
+    let imports: Vec<&String> = c.iter().filter(|l| l.contains(" import ")).collect();
+    assert_eq!(
+        imports,
+        [&import("kubernetes.tar"), &import(PAUSE.1)],
+        "{c:#?}"
+    );
+    let at = |l: &str| c.iter().position(|x| x == l).unwrap();
+    assert!(at(&import("kubernetes.tar")) < at(&label(SCHED.0)));
+    assert!(at(&import("kubernetes.tar")) < at(&label(CM.0)));
+    assert!(node.containerd_images().values().all(|pinned| *pinned));
+    assert_eq!(node.containerd_images().len(), 3);
+
+    // Only one of the two missing: the archive is imported again, only that one pinned.
+    let node = FakeNode::containerd(&cfg, &[PAUSE, SCHED, CM]);
+    node.containerd_has(PAUSE.0, true);
+    node.containerd_has(SCHED.0, true);
+    let runner = node.healthy();
+    boot(&node, &runner, &IpKnob::new(ip(5))).unwrap();
+    assert_eq!(
+        ctr_calls(&node, &runner)[2..],
+        [import("kubernetes.tar"), label(CM.0)]
+    );
+}
+
 #[test]
 fn an_image_imported_but_never_pinned_is_imported_and_pinned_again() {
     let cfg = cluster("dev", 6444);

@@ -215,7 +215,8 @@ pub struct ImageList(pub Vec<PreloadedImage>);
 
 impl ImageList {
     /// Reads and checks the list at `path` (it must exist): every file a plain `*.tar`
-    /// name, every name a reference with a tag or digest, no file or name twice.
+    /// name, every name a reference with a tag or digest, no name twice. One file may
+    /// hold several images (they share layers), each listed with it.
     pub fn load(path: &Path) -> Result<Self, NodeFileError> {
         let bytes = std::fs::read(path).map_err(|source| NodeFileError::Read {
             what: LIST_WHAT,
@@ -233,7 +234,6 @@ impl ImageList {
 
     /// What [`Self::load`] checks, as a message.
     pub fn validate(&self) -> Result<(), String> {
-        let mut files = std::collections::BTreeSet::new();
         let mut names = std::collections::BTreeSet::new();
         for img in &self.0 {
             let f = &img.file;
@@ -249,9 +249,6 @@ impl ImageList {
             }
             if !last.contains(':') && !last.contains('@') {
                 return Err(format!("image name {n:?} of {f} has no tag or digest"));
-            }
-            if !files.insert(f.as_str()) {
-                return Err(format!("file {f} is listed twice"));
             }
             if !names.insert(n.as_str()) {
                 return Err(format!("image {n} is listed twice"));
@@ -368,6 +365,11 @@ mod tests {
         assert_eq!(list.0[1].file, "etcd.tar");
         let (_d, p2) = temp_file(&list.to_json());
         assert_eq!(ImageList::load(&p2).unwrap(), list);
+        // Two images in one archive.
+        let shared = r#"[{"name": "registry.k8s.io/kube-proxy:v1", "file": "k.tar"},
+                        {"name": "registry.k8s.io/kube-apiserver:v1", "file": "k.tar"}]"#;
+        let (_d, p3) = temp_file(shared);
+        assert_eq!(ImageList::load(&p3).unwrap().0.len(), 2);
 
         let bad = [
             (
@@ -390,11 +392,6 @@ mod tests {
                 r#"[{"name": "registry.k8s.io/pause:3.10", "file": "a.tar"},
                     {"name": "registry.k8s.io/pause:3.10", "file": "b.tar"}]"#,
                 "listed twice",
-            ),
-            (
-                r#"[{"name": "registry.k8s.io/pause:3.10", "file": "a.tar"},
-                    {"name": "registry.k8s.io/etcd:3.5.21-0", "file": "a.tar"}]"#,
-                "file a.tar is listed twice",
             ),
             (
                 r#"[{"name": "registry.k8s.io/pause:3.10", "file": "a.tar", "x": 1}]"#,

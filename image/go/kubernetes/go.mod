@@ -1,6 +1,7 @@
-// Builds the Kubernetes binaries of the kinc node from k8s.io/kubernetes's published
-// module. k/k requires its staging modules at v0.0.0 through directory replaces that only
-// work in its own tree, so this module replaces each with the release published beside it.
+// Builds the Kubernetes programs of the kinc node, as one multi-call binary (cmd/kube),
+// from k8s.io/kubernetes's published module. k/k requires its staging modules at v0.0.0
+// through directory replaces that only work in its own tree, so this module replaces each
+// with the release published beside it.
 // The version is pinned in crates/kinc-types/src/versions.rs; a test checks they agree.
 module kinc.dev/image/kubernetes
 
@@ -8,7 +9,13 @@ go 1.24.0
 
 godebug default=go1.24
 
-require k8s.io/kubernetes v1.33.13
+require (
+	github.com/spf13/cobra v1.8.1
+	k8s.io/client-go v0.33.13
+	k8s.io/component-base v0.33.13
+	k8s.io/kubectl v0.0.0
+	k8s.io/kubernetes v1.33.13
+)
 
 require (
 	cel.dev/expr v0.19.1 // indirect
@@ -108,7 +115,6 @@ require (
 	github.com/robfig/cron/v3 v3.0.1 // indirect
 	github.com/russross/blackfriday/v2 v2.1.0 // indirect
 	github.com/sirupsen/logrus v1.9.3 // indirect
-	github.com/spf13/cobra v1.8.1 // indirect
 	github.com/spf13/pflag v1.0.5 // indirect
 	github.com/stoewer/go-strcase v1.3.0 // indirect
 	github.com/stretchr/objx v0.5.2 // indirect
@@ -157,10 +163,8 @@ require (
 	k8s.io/apimachinery v0.33.13 // indirect
 	k8s.io/apiserver v0.33.13 // indirect
 	k8s.io/cli-runtime v0.33.13 // indirect
-	k8s.io/client-go v0.33.13 // indirect
 	k8s.io/cloud-provider v0.33.13 // indirect
 	k8s.io/cluster-bootstrap v0.0.0 // indirect
-	k8s.io/component-base v0.33.13 // indirect
 	k8s.io/component-helpers v0.33.13 // indirect
 	k8s.io/controller-manager v0.33.13 // indirect
 	k8s.io/cri-api v0.33.13 // indirect
@@ -176,7 +180,6 @@ require (
 	k8s.io/kube-openapi v0.0.0-20250318190949-c8a335a9a2ff // indirect
 	k8s.io/kube-proxy v0.0.0 // indirect
 	k8s.io/kube-scheduler v0.0.0 // indirect
-	k8s.io/kubectl v0.0.0 // indirect
 	k8s.io/kubelet v0.33.13 // indirect
 	k8s.io/metrics v0.33.13 // indirect
 	k8s.io/mount-utils v0.0.0 // indirect

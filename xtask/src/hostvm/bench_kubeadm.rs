@@ -47,6 +47,8 @@ pub const SERVICE_SUBNET: &str = "10.64.16.0/20";
 /// Files of the node's layer installed on the VM: (path in the layer, path on the VM).
 /// The node's paths unless the VM has its own file there.
 pub const INSTALL: &[(&str, &str)] = &[
+    // The multi-call binary; the three below are links to it.
+    ("usr/local/bin/kube", "/usr/local/bin/kube"),
     ("usr/local/bin/kubeadm", "/usr/local/bin/kubeadm"),
     ("usr/local/bin/kubelet", "/usr/local/bin/kubelet"),
     ("usr/local/bin/kubectl", "/usr/local/bin/kubectl"),
@@ -632,16 +634,20 @@ fn set_up(r: &mut SideResult) -> Result<()> {
         quiet(&["ctr", "version"])
     })?;
     let t = Instant::now();
+    // An archive may hold several images (the Kubernetes ones share it): import it once.
+    let mut imported = std::collections::BTreeSet::new();
     for img in &list.0 {
-        let file = images_dir.join(&img.file).display().to_string();
-        ctr(&[
-            "images",
-            "import",
-            "--local",
-            "--snapshotter",
-            kn::CONTAINERD_SNAPSHOTTER,
-            &file,
-        ])?;
+        if imported.insert(img.file.as_str()) {
+            let file = images_dir.join(&img.file).display().to_string();
+            ctr(&[
+                "images",
+                "import",
+                "--local",
+                "--snapshotter",
+                kn::CONTAINERD_SNAPSHOTTER,
+                &file,
+            ])?;
+        }
         ctr(&[
             "images",
             "label",

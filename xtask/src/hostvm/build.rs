@@ -63,9 +63,14 @@ pub fn cache_root_for(env: Option<std::ffi::OsString>, root: bool) -> PathBuf {
     }
 }
 
+/// The checkout xtask runs from. `cargo xtask` sets CARGO_MANIFEST_DIR at run time: a
+/// binary reused from the shared target directory (another clone built it, and cargo's
+/// freshness ignores where the sources are) must not read that other clone.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    dir.parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
 }

@@ -25,6 +25,9 @@ pub struct GoComponent {
     pub version: &'static str,
     /// (import path of a main package, binary name).
     pub programs: Vec<(&'static str, &'static str)>,
+    /// Symbolic links made next to the binaries: (name, binary it points to). A
+    /// multi-call binary runs the program its name names.
+    pub links: Vec<(&'static str, &'static str)>,
     pub ldflags: Vec<String>,
     pub tags: &'static [&'static str],
 }
@@ -52,39 +55,39 @@ fn kubernetes_ldflags() -> Vec<String> {
     f
 }
 
+/// The multi-call Kubernetes binary, and the programs it runs by name.
+pub const KUBE: &str = "kube";
+pub const KUBE_PROGRAMS: &[&str] = &[
+    "kubeadm",
+    "kubelet",
+    "kubectl",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+];
+
+impl GoComponent {
+    /// Every name this component's build directory holds: binaries and links.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.programs
+            .iter()
+            .map(|p| p.1)
+            .chain(self.links.iter().map(|l| l.0))
+    }
+}
+
 /// Every component the offline node image needs.
 pub fn components() -> Vec<GoComponent> {
-    let k8s = |c: &'static str| -> (&'static str, &'static str) {
-        (
-            match c {
-                "kubeadm" => "k8s.io/kubernetes/cmd/kubeadm",
-                "kubelet" => "k8s.io/kubernetes/cmd/kubelet",
-                "kubectl" => "k8s.io/kubernetes/cmd/kubectl",
-                "kube-apiserver" => "k8s.io/kubernetes/cmd/kube-apiserver",
-                "kube-controller-manager" => "k8s.io/kubernetes/cmd/kube-controller-manager",
-                "kube-scheduler" => "k8s.io/kubernetes/cmd/kube-scheduler",
-                _ => "k8s.io/kubernetes/cmd/kube-proxy",
-            },
-            c,
-        )
-    };
     vec![
         GoComponent {
             dir: "kubernetes",
             module: "k8s.io/kubernetes",
             version: v::KUBERNETES,
-            programs: [
-                "kubeadm",
-                "kubelet",
-                "kubectl",
-                "kube-apiserver",
-                "kube-controller-manager",
-                "kube-scheduler",
-                "kube-proxy",
-            ]
-            .into_iter()
-            .map(k8s)
-            .collect(),
+            // One multi-call binary (image/go/kubernetes/cmd/kube): one copy of the
+            // libraries the seven programs share, in the node and in the images.
+            programs: vec![("kinc.dev/image/kubernetes/cmd/kube", KUBE)],
+            links: KUBE_PROGRAMS.iter().map(|p| (*p, KUBE)).collect(),
             ldflags: kubernetes_ldflags(),
             // No cloud providers (a kinc node has none); `notest` as upstream's release.
             tags: &["providerless", "notest"],
@@ -94,6 +97,7 @@ pub fn components() -> Vec<GoComponent> {
             module: "go.etcd.io/etcd/server/v3",
             version: v::ETCD,
             programs: vec![("go.etcd.io/etcd/server/v3", "etcd")],
+            links: vec![],
             ldflags: vec!["-X go.etcd.io/etcd/api/v3/version.GitSHA=kinc".into()],
             tags: &[],
         },
@@ -102,6 +106,7 @@ pub fn components() -> Vec<GoComponent> {
             module: "github.com/coredns/coredns",
             version: v::COREDNS,
             programs: vec![("github.com/coredns/coredns", "coredns")],
+            links: vec![],
             ldflags: vec!["-X github.com/coredns/coredns/coremain.GitCommit=kinc".into()],
             tags: &[],
         },
@@ -113,6 +118,7 @@ pub fn components() -> Vec<GoComponent> {
                 "github.com/rancher/local-path-provisioner",
                 "local-path-provisioner",
             )],
+            links: vec![],
             ldflags: vec![format!("-X main.VERSION={}", v::LOCAL_PATH_PROVISIONER)],
             tags: &[],
         },
@@ -183,11 +189,20 @@ impl GoEnv {
 }
 
 /// The text the cache key hashes.
-pub fn key_material(c: &GoComponent, go_mod: &str, go_sum: &str, go_version: &str) -> String {
+pub fn key_material(
+    c: &GoComponent,
+    go_mod: &str,
+    go_sum: &str,
+    sources: &str,
+    go_version: &str,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "go {go_version}\nmodule {} {}", c.module, c.version);
     for (pkg, bin) in &c.programs {
         let _ = writeln!(s, "program {pkg} {bin}");
+    }
+    for (name, to) in &c.links {
+        let _ = writeln!(s, "link {name} {to}");
     }
     let _ = writeln!(
         s,
@@ -195,8 +210,33 @@ pub fn key_material(c: &GoComponent, go_mod: &str, go_sum: &str, go_version: &st
         c.ldflags.join(" "),
         c.tags.join(",")
     );
-    let _ = writeln!(s, "go.mod\n{go_mod}\ngo.sum\n{go_sum}");
+    let _ = writeln!(s, "go.mod\n{go_mod}\ngo.sum\n{go_sum}\nsources\n{sources}");
     s
+}
+
+/// The Go sources of a wrapper module (its own main packages), path and content, sorted.
+fn module_sources(dir: &Path) -> Result<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> Result<()> {
+        for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                walk(root, &p, out)?;
+            } else if p.extension().is_some_and(|x| x == "go") {
+                let text =
+                    fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+                let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+                out.push((rel, text));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort();
+    Ok(files
+        .into_iter()
+        .map(|(p, t)| format!("{p}\n{t}\n"))
+        .collect())
 }
 
 /// Builds `c` unless the cache has it; returns the directory holding its binaries.
@@ -234,13 +274,15 @@ pub fn ensure_built(
             v::KUBERNETES_STAGING
         );
     }
-    let key =
-        crate::hostvm::config::fnv1a64(key_material(c, &go_mod, &go_sum, go_version).as_bytes());
+    let sources = module_sources(&dir)?;
+    let key = crate::hostvm::config::fnv1a64(
+        key_material(c, &go_mod, &go_sum, &sources, go_version).as_bytes(),
+    );
     let out = env
         .cache
         .join("go")
         .join(format!("{}-{}-{key:016x}", c.dir, c.version));
-    if c.programs.iter().all(|(_, b)| out.join(b).is_file()) {
+    if c.names().all(|b| out.join(b).is_file()) {
         eprintln!(
             "image: go {} {}: cached in {}",
             c.module,
@@ -318,6 +360,10 @@ pub fn ensure_built(
             "image:   {bin} built in {:.0} s",
             tb.elapsed().as_secs_f64()
         );
+    }
+    for (name, to) in &c.links {
+        std::os::unix::fs::symlink(to, tmp.join(name))
+            .with_context(|| format!("linking {name} to {to} in {}", tmp.display()))?;
     }
     if out.exists() {
         fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
@@ -448,6 +494,7 @@ mod tests {
             module: "github.com/cri-o/cri-o",
             version: "v1.34.11",
             programs: vec![("github.com/cri-o/cri-o/cmd/crio", "crio")],
+            links: vec![],
             ldflags: vec![],
             tags: &[],
         };
@@ -493,13 +540,48 @@ mod tests {
     #[test]
     fn cache_key_tracks_inputs() {
         let c = &components()[1];
-        let a = key_material(c, "m", "s", "go1");
-        assert_eq!(a, key_material(c, "m", "s", "go1"));
-        assert_ne!(a, key_material(c, "m2", "s", "go1"));
-        assert_ne!(a, key_material(c, "m", "s2", "go1"));
-        assert_ne!(a, key_material(c, "m", "s", "go2"));
+        let a = key_material(c, "m", "s", "src", "go1");
+        assert_eq!(a, key_material(c, "m", "s", "src", "go1"));
+        assert_ne!(a, key_material(c, "m2", "s", "src", "go1"));
+        assert_ne!(a, key_material(c, "m", "s2", "src", "go1"));
+        assert_ne!(a, key_material(c, "m", "s", "src2", "go1"));
+        assert_ne!(a, key_material(c, "m", "s", "src", "go2"));
         let mut c2 = c.clone();
         c2.ldflags.push("-X a.b=c".into());
-        assert_ne!(a, key_material(&c2, "m", "s", "go1"));
+        assert_ne!(a, key_material(&c2, "m", "s", "src", "go1"));
+        let mut c3 = c.clone();
+        c3.links.push(("x", "etcd"));
+        assert_ne!(a, key_material(&c3, "m", "s", "src", "go1"));
+    }
+
+    #[test]
+    fn module_sources_hash_every_go_file_of_the_wrapper_module() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("cmd/kube")).unwrap();
+        fs::write(d.path().join("go.mod"), "module x\n").unwrap();
+        fs::write(d.path().join("cmd/kube/main.go"), "package main\n").unwrap();
+        let a = module_sources(d.path()).unwrap();
+        assert!(a.contains("cmd/kube/main.go\npackage main"), "{a}");
+        assert!(!a.contains("module x"), "{a}");
+        fs::write(
+            d.path().join("cmd/kube/main.go"),
+            "package main // changed\n",
+        )
+        .unwrap();
+        assert_ne!(a, module_sources(d.path()).unwrap());
+    }
+
+    #[test]
+    fn the_kubernetes_programs_are_links_to_one_binary() {
+        let k = components()
+            .into_iter()
+            .find(|c| c.dir == "kubernetes")
+            .unwrap();
+        assert_eq!(k.programs.len(), 1);
+        let names: Vec<&str> = k.names().collect();
+        for p in KUBE_PROGRAMS {
+            assert!(names.contains(p), "{p} missing from {names:?}");
+        }
+        assert!(k.links.iter().all(|(_, to)| *to == KUBE));
     }
 }

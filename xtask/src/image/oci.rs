@@ -121,7 +121,7 @@ pub struct ArchiveInfo {
     pub image_id: String,
     /// `sha256:<hex>` of each layer, in order (equal to the config's diff_ids).
     pub layer_digests: Vec<String>,
-    /// Size of the archive file in bytes.
+    /// Size of the archive file in bytes (the whole archive, when it holds several images).
     pub size: u64,
     /// Entries of [`LayerSource::Dir`] layers left out (sockets, fifos, devices), as paths
     /// inside the image.
@@ -178,13 +178,38 @@ pub fn write_archive(
     layers: &[LayerSource],
     out: &Path,
 ) -> Result<ArchiveInfo, OciError> {
-    validate_name(&spec.name)?;
+    let mut infos = write_images(&[(spec, layers)], out)?;
+    Ok(infos.remove(0))
+}
+
+/// Like [`write_archive`], for several images in one archive: the index names each, and a
+/// blob two images share (an identical layer) is stored once. `ctr images import` imports
+/// and names them all.
+pub fn write_images(
+    images: &[(&ImageSpec, &[LayerSource])],
+    out: &Path,
+) -> Result<Vec<ArchiveInfo>, OciError> {
+    let mut seen = HashSet::new();
+    for (spec, _) in images {
+        validate_name(&spec.name)?;
+        if !seen.insert(spec.name.as_str()) {
+            return Err(OciError::BadName {
+                name: spec.name.clone(),
+                reason: "named twice in one archive".into(),
+            });
+        }
+    }
     // Check every Entries layer before creating any file.
-    let planned: Vec<Option<Vec<Planned>>> = layers
+    let planned: Vec<Vec<Option<Vec<Planned>>>> = images
         .iter()
-        .map(|l| match l {
-            LayerSource::Entries(e) => plan_entries(e).map(Some),
-            LayerSource::Dir(_) => Ok(None),
+        .map(|(_, layers)| {
+            layers
+                .iter()
+                .map(|l| match l {
+                    LayerSource::Entries(e) => plan_entries(e).map(Some),
+                    LayerSource::Dir(_) => Ok(None),
+                })
+                .collect::<Result<_, _>>()
         })
         .collect::<Result<_, _>>()?;
 
@@ -211,7 +236,6 @@ pub fn write_archive(
         path: out,
         written: HashSet::new(),
     };
-    let mut skipped = Vec::new();
 
     let layout = OciLayoutBuilder::default()
         .image_layout_version("1.0.0")
@@ -221,56 +245,72 @@ pub fn write_archive(
     ar.dir("blobs")?;
     ar.dir("blobs/sha256")?;
 
-    let mut layer_descs = Vec::new();
-    for (source, plan) in layers.iter().zip(&planned) {
-        let blob = ar.blob_with(|w| match (source, plan) {
-            (_, Some(plan)) => write_planned(plan, w, out),
-            (LayerSource::Dir(root), None) => write_dir(root, w, out, &mut skipped),
-            (LayerSource::Entries(_), None) => unreachable!("entries are planned"),
-        })?;
-        layer_descs.push(Descriptor::new(
-            MediaType::ImageLayer,
-            blob.size,
-            blob.digest()?,
-        ));
-    }
-    let layer_digests: Vec<String> = layer_descs.iter().map(|d| d.digest().to_string()).collect();
-
-    let config = image_config(spec, &layer_digests)?;
-    let config_blob = ar.blob(&to_json(&config, "config")?)?;
-    let manifest = ImageManifestBuilder::default()
-        .schema_version(2u32)
-        .media_type(MediaType::ImageManifest)
-        .config(Descriptor::new(
-            MediaType::ImageConfig,
-            config_blob.size,
-            config_blob.digest()?,
-        ))
-        .layers(layer_descs)
-        .build()
-        .map_err(spec_err("manifest"))?;
-    let manifest_blob = ar.blob(&to_json(&manifest, "manifest")?)?;
-
-    let annotations = HashMap::from([
-        (ANNOTATION_REF_NAME.to_string(), spec.name.clone()),
-        (ANNOTATION_CONTAINERD_NAME.to_string(), spec.name.clone()),
-    ]);
     let platform = PlatformBuilder::default()
         .architecture(oci_arch(std::env::consts::ARCH))
         .os(Os::Linux)
         .build()
         .map_err(spec_err("index"))?;
+    let mut infos = Vec::new();
+    let mut index_entries = Vec::new();
+    for ((spec, layers), planned) in images.iter().zip(&planned) {
+        let mut skipped = Vec::new();
+        let mut layer_descs = Vec::new();
+        for (source, plan) in layers.iter().zip(planned) {
+            let blob = ar.blob_with(|w| match (source, plan) {
+                (_, Some(plan)) => write_planned(plan, w, out),
+                (LayerSource::Dir(root), None) => write_dir(root, w, out, &mut skipped),
+                (LayerSource::Entries(_), None) => unreachable!("entries are planned"),
+            })?;
+            layer_descs.push(Descriptor::new(
+                MediaType::ImageLayer,
+                blob.size,
+                blob.digest()?,
+            ));
+        }
+        let layer_digests: Vec<String> =
+            layer_descs.iter().map(|d| d.digest().to_string()).collect();
+
+        let config = image_config(spec, &layer_digests)?;
+        let config_blob = ar.blob(&to_json(&config, "config")?)?;
+        let manifest = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(Descriptor::new(
+                MediaType::ImageConfig,
+                config_blob.size,
+                config_blob.digest()?,
+            ))
+            .layers(layer_descs)
+            .build()
+            .map_err(spec_err("manifest"))?;
+        let manifest_blob = ar.blob(&to_json(&manifest, "manifest")?)?;
+
+        let annotations = HashMap::from([
+            (ANNOTATION_REF_NAME.to_string(), spec.name.clone()),
+            (ANNOTATION_CONTAINERD_NAME.to_string(), spec.name.clone()),
+        ]);
+        index_entries.push(
+            DescriptorBuilder::default()
+                .media_type(MediaType::ImageManifest)
+                .size(manifest_blob.size)
+                .digest(manifest_blob.digest()?)
+                .annotations(annotations)
+                .platform(platform.clone())
+                .build()
+                .map_err(spec_err("index"))?,
+        );
+        infos.push(ArchiveInfo {
+            manifest_digest: format!("sha256:{}", manifest_blob.hex),
+            image_id: config_blob.hex,
+            layer_digests,
+            size: 0,
+            skipped,
+        });
+    }
     let index = ImageIndexBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageIndex)
-        .manifests(vec![DescriptorBuilder::default()
-            .media_type(MediaType::ImageManifest)
-            .size(manifest_blob.size)
-            .digest(manifest_blob.digest()?)
-            .annotations(annotations)
-            .platform(platform)
-            .build()
-            .map_err(spec_err("index"))?])
+        .manifests(index_entries)
         .build()
         .map_err(spec_err("index"))?;
     ar.file("index.json", &to_json(&index, "index")?)?;
@@ -287,14 +327,10 @@ pub fn write_archive(
         .len();
     tmp.persist(out)
         .map_err(|e| io_err("renaming the new image archive to", out)(e.error))?;
-
-    Ok(ArchiveInfo {
-        manifest_digest: format!("sha256:{}", manifest_blob.hex),
-        image_id: config_blob.hex,
-        layer_digests,
-        size,
-        skipped,
-    })
+    for i in &mut infos {
+        i.size = size;
+    }
+    Ok(infos)
 }
 
 /// Reads an archive written by [`write_archive`] back: its image name (the

@@ -380,6 +380,75 @@ fn identical_layers_are_stored_once() {
 }
 
 #[test]
+fn several_images_in_one_archive_share_their_common_layer() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("imgs.tar");
+    let shared = [Entry::Bytes {
+        path: "usr/local/bin/kube".into(),
+        data: vec![9; 70_000],
+        mode: 0o755,
+    }];
+    let extra = [Entry::Bytes {
+        path: "usr/sbin/nft".into(),
+        data: vec![1; 3000],
+        mode: 0o755,
+    }];
+    let a = spec("registry.k8s.io/kube-apiserver:v1");
+    let b = spec("registry.k8s.io/kube-proxy:v1");
+    let infos = write_images(
+        &[
+            (&a, &[LayerSource::Entries(&shared)][..]),
+            (
+                &b,
+                &[LayerSource::Entries(&shared), LayerSource::Entries(&extra)][..],
+            ),
+        ],
+        &out,
+    )
+    .unwrap();
+    assert_eq!(infos.len(), 2);
+    assert_eq!(infos[0].layer_digests[0], infos[1].layer_digests[0]);
+    assert_ne!(infos[0].image_id, infos[1].image_id);
+    let files = archive_files(&out);
+    // 2 distinct layers + 2 configs + 2 manifests: the shared layer once.
+    let blobs = files
+        .keys()
+        .filter(|p| p.starts_with("blobs/sha256/"))
+        .count();
+    assert_eq!(blobs, 6);
+    let index = ImageIndex::from_reader(&files["index.json"].data[..]).unwrap();
+    let names: Vec<&str> = index
+        .manifests()
+        .iter()
+        .map(|m| m.annotations().as_ref().unwrap()[ANNOTATION_CONTAINERD_NAME].as_str())
+        .collect();
+    assert_eq!(names, [a.name.as_str(), b.name.as_str()]);
+    for (m, info) in index.manifests().iter().zip(&infos) {
+        assert_eq!(m.digest().to_string(), info.manifest_digest);
+        let manifest = ImageManifest::from_reader(blob(&files, m.digest().as_ref())).unwrap();
+        let layers: Vec<String> = manifest
+            .layers()
+            .iter()
+            .map(|l| l.digest().to_string())
+            .collect();
+        assert_eq!(layers, info.layer_digests);
+    }
+
+    // One name twice is refused before anything is written.
+    let out2 = d.path().join("dup.tar");
+    let err = write_images(
+        &[
+            (&a, &[LayerSource::Entries(&shared)][..]),
+            (&a, &[LayerSource::Entries(&extra)][..]),
+        ],
+        &out2,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("named twice"), "{err}");
+    assert!(!out2.exists());
+}
+
+#[test]
 fn bad_names_are_refused_and_leave_no_file() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("img.tar");

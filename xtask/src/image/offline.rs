@@ -164,7 +164,7 @@ impl Offline {
         let mut go_bins: BTreeMap<&'static str, PathBuf> = BTreeMap::new();
         for c in gobuild::components() {
             let dir = gobuild::ensure_built(&env, &self.root.join("image/go"), &c, &go_version)?;
-            for (_, b) in &c.programs {
+            for b in c.names() {
                 go_bins.insert(b, dir.join(b));
             }
         }
@@ -179,8 +179,11 @@ impl Offline {
         // 4. component images
         let s = Stage::start("images", "component images as OCI archives");
         let pause = find_bin(rust_bins, PAUSE.bin)?;
-        let specs = component_images(&go_bins, &pause, &base)?;
-        let mut names: Vec<String> = specs.iter().map(|c| c.spec.name.clone()).collect();
+        let archives = component_images(&go_bins, &pause, &base)?;
+        let mut names: Vec<String> = archives
+            .iter()
+            .flat_map(|a| a.images.iter().map(|c| c.spec.name.clone()))
+            .collect();
         names.sort();
         if names != preloaded_names() {
             bail!(
@@ -189,10 +192,14 @@ impl Offline {
             );
         }
         let mut images = Vec::new();
-        for c in &specs {
-            images.push((c.spec.name.clone(), self.ensure_component(c)?));
+        for a in &archives {
+            images.push((a, self.ensure_archive(a)?));
         }
-        s.done(&format!("{} images", images.len()));
+        s.done(&format!(
+            "{} images in {} archives",
+            names.len(),
+            images.len()
+        ));
 
         // 5. node
         let s = Stage::start("node", "node root filesystem and archive");
@@ -273,26 +280,43 @@ impl Offline {
         Ok(rootfs)
     }
 
-    fn ensure_component(&self, c: &ComponentImage) -> Result<PathBuf> {
-        let mut m = format!("recipe {RECIPE}\n{:?}\n", c.spec);
-        for e in &c.entries {
-            let _ = writeln!(m, "{e:?}");
-            if let Entry::File { source, .. } = e {
-                let md = fs::metadata(source)
-                    .with_context(|| format!("image {}: {}", c.spec.name, source.display()))?;
-                let _ = writeln!(m, "{} {}", md.len(), mtime(&md));
+    fn ensure_archive(&self, a: &ComponentArchive) -> Result<PathBuf> {
+        let mut m = format!("recipe {RECIPE}\n");
+        for c in &a.images {
+            let _ = writeln!(m, "{:?}", c.spec);
+            for (i, layer) in c.layers.iter().enumerate() {
+                let _ = writeln!(m, "layer {i}");
+                for e in layer {
+                    let _ = writeln!(m, "{e:?}");
+                    if let Entry::File { source, .. } = e {
+                        let md = fs::metadata(source).with_context(|| {
+                            format!("image {}: {}", c.spec.name, source.display())
+                        })?;
+                        let _ = writeln!(m, "{} {}", md.len(), mtime(&md));
+                    }
+                }
             }
         }
-        let file = format!(
-            "{}-{:016x}.tar",
-            c.spec.name.replace(['/', ':'], "_"),
-            fnv1a64(m.as_bytes())
-        );
-        let out = self.cache.join("images").join(file);
+        let stem = a.file.trim_end_matches(".tar");
+        let out = self
+            .cache
+            .join("images")
+            .join(format!("{stem}-{:016x}.tar", fnv1a64(m.as_bytes())));
         if !out.is_file() {
             fs::create_dir_all(self.cache.join("images"))?;
-            oci::write_archive(&c.spec, &[LayerSource::Entries(&c.entries)], &out)
-                .with_context(|| format!("stage images: writing {}", c.spec.name))?;
+            let layers: Vec<Vec<LayerSource>> = a
+                .images
+                .iter()
+                .map(|c| c.layers.iter().map(|l| LayerSource::Entries(l)).collect())
+                .collect();
+            let images: Vec<(&ImageSpec, &[LayerSource])> = a
+                .images
+                .iter()
+                .zip(&layers)
+                .map(|(c, l)| (&c.spec, &l[..]))
+                .collect();
+            oci::write_images(&images, &out)
+                .with_context(|| format!("stage images: writing {}", a.file))?;
         }
         Ok(out)
     }
@@ -302,7 +326,7 @@ impl Offline {
         base: &Path,
         rust_bins: &[(Binary, PathBuf)],
         go_bins: &BTreeMap<&'static str, PathBuf>,
-        images: &[(String, PathBuf)],
+        images: &[(&ComponentArchive, PathBuf)],
     ) -> Result<String> {
         let mut m = format!(
             "recipe {RECIPE}\ntag {}\nbase {}\n",
@@ -316,8 +340,8 @@ impl Offline {
         for (b, p) in go_bins {
             let _ = writeln!(m, "go {b} {}", p.display());
         }
-        for (n, p) in images {
-            let _ = writeln!(m, "image {n} {}", p.display());
+        for (a, p) in images {
+            let _ = writeln!(m, "images {} {}", a.file, p.display());
         }
         for dir in ["image/files", "image/offline/files", "manifests"] {
             tree_material(&self.root.join(dir), &mut m)?;
@@ -331,7 +355,7 @@ impl Offline {
         base: &Path,
         rust_bins: &[(Binary, PathBuf)],
         go_bins: &BTreeMap<&'static str, PathBuf>,
-        images: &[(String, PathBuf)],
+        images: &[(&ComponentArchive, PathBuf)],
     ) -> Result<()> {
         if stage.exists() {
             hb::remove_tree(stage)?;
@@ -361,20 +385,25 @@ impl Offline {
             let src = find_bin(rust_bins, b.bin)?;
             install(&src, &stage.join(b.install.trim_start_matches('/')))?;
         }
-        for b in ["kubeadm", "kubelet", "kubectl"] {
-            install(&go_bins[b], &stage.join("usr/local/bin").join(b))?;
+        // One multi-call binary, and the node's three programs as links to it.
+        let bin = stage.join("usr/local/bin");
+        install(&go_bins[gobuild::KUBE], &bin.join(gobuild::KUBE))?;
+        for b in NODE_KUBE_PROGRAMS {
+            std::os::unix::fs::symlink(gobuild::KUBE, bin.join(b))
+                .with_context(|| format!("linking {b} in {}", bin.display()))?;
         }
         let img_dir = stage.join(IMAGES_DIR);
         fs::create_dir_all(&img_dir)?;
         let mut list = Vec::new();
-        for (name, p) in images {
-            let file = image_file_name(name);
-            fs::copy(p, img_dir.join(&file))
+        for (a, p) in images {
+            fs::copy(p, img_dir.join(&a.file))
                 .with_context(|| format!("copying {} into the node", p.display()))?;
-            list.push(PreloadedImage {
-                name: name.clone(),
-                file,
-            });
+            for c in &a.images {
+                list.push(PreloadedImage {
+                    name: c.spec.name.clone(),
+                    file: a.file.clone(),
+                });
+            }
         }
         let list = ImageList(list);
         fs::write(
@@ -456,7 +485,7 @@ pub fn built_go_binary(bin: &str) -> Result<PathBuf> {
     };
     let go_version = env.version()?;
     for c in gobuild::components() {
-        if c.programs.iter().any(|(_, b)| *b == bin) {
+        if c.names().any(|b| b == bin) {
             return Ok(
                 gobuild::ensure_built(&env, &root.join("image/go"), &c, &go_version)?.join(bin),
             );
@@ -590,11 +619,47 @@ pub fn preloaded_names() -> Vec<String> {
     n
 }
 
-/// One component image: its spec and its files.
+/// One component image: its spec and its layers' files (first = bottom).
 pub struct ComponentImage {
     pub spec: ImageSpec,
-    pub entries: Vec<Entry>,
+    pub layers: Vec<Vec<Entry>>,
 }
+
+impl ComponentImage {
+    fn one_layer(spec: ImageSpec, entries: Vec<Entry>) -> Self {
+        Self {
+            spec,
+            layers: vec![entries],
+        }
+    }
+}
+
+/// Images written to one archive (the node's `file` in its images dir): a layer they
+/// share is stored and imported once.
+pub struct ComponentArchive {
+    pub file: String,
+    pub images: Vec<ComponentImage>,
+}
+
+impl ComponentArchive {
+    fn single(c: ComponentImage) -> Self {
+        Self {
+            file: image_file_name(&c.spec.name),
+            images: vec![c],
+        }
+    }
+}
+
+/// The Kubernetes programs the node itself runs (links to the multi-call binary).
+pub const NODE_KUBE_PROGRAMS: &[&str] = &["kubeadm", "kubelet", "kubectl"];
+
+/// The control-plane images' programs: the same multi-call binary in one shared layer.
+pub const IMAGE_KUBE_PROGRAMS: &[&str] = &[
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+];
 
 const PATH_ENV: &str = "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
 
@@ -635,72 +700,76 @@ fn spec(name: String, entrypoint: &[&str]) -> ImageSpec {
 }
 
 /// Every image the node preloads: what `kubeadm config images list` names for the pinned
-/// version, and what `manifests/` runs.
+/// version, and what `manifests/` runs. The four Kubernetes images share one layer (the
+/// multi-call binary and a link for each program) and one archive.
 pub fn component_images(
     go: &BTreeMap<&'static str, PathBuf>,
     pause: &Path,
     base: &Path,
-) -> Result<Vec<ComponentImage>> {
-    let mut out = Vec::new();
-    for c in [
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
-    ] {
-        let mut e = basic_dirs();
-        e.push(bin_entry(&format!("usr/local/bin/{c}"), &go[c]));
-        out.push(ComponentImage {
-            spec: spec(format!("registry.k8s.io/{c}:{}", v::KUBERNETES), &[]),
-            entries: e,
+) -> Result<Vec<ComponentArchive>> {
+    let mut kube_layer = basic_dirs();
+    kube_layer.push(bin_entry("usr/local/bin/kube", &go[gobuild::KUBE]));
+    for p in IMAGE_KUBE_PROGRAMS {
+        kube_layer.push(Entry::Symlink {
+            path: format!("usr/local/bin/{p}"),
+            target: gobuild::KUBE.into(),
         });
     }
-    // kube-proxy's nftables mode runs `nft`: it comes with its libraries from the base.
-    let mut e = basic_dirs();
-    e.push(bin_entry("usr/local/bin/kube-proxy", &go["kube-proxy"]));
-    e.extend(with_libraries(base, &["usr/sbin/nft"])?);
-    out.push(ComponentImage {
-        spec: spec(format!("registry.k8s.io/kube-proxy:{}", v::KUBERNETES), &[]),
-        entries: e,
-    });
+    let mut kubernetes = Vec::new();
+    for c in IMAGE_KUBE_PROGRAMS {
+        let mut layers = vec![kube_layer.clone()];
+        // kube-proxy's nftables mode runs `nft`: it comes with its libraries from the base.
+        if *c == "kube-proxy" {
+            layers.push(with_libraries(base, &["usr/sbin/nft"])?);
+        }
+        kubernetes.push(ComponentImage {
+            spec: spec(format!("registry.k8s.io/{c}:{}", v::KUBERNETES), &[]),
+            layers,
+        });
+    }
+    let mut out = vec![ComponentArchive {
+        file: format!("kubernetes_{}.tar", v::KUBERNETES),
+        images: kubernetes,
+    }];
     let mut e = basic_dirs();
     e.push(bin_entry("usr/local/bin/etcd", &go["etcd"]));
     e.push(Entry::Dir {
         path: "var/lib/etcd".into(),
         mode: 0o700,
     });
-    out.push(ComponentImage {
-        spec: spec(format!("registry.k8s.io/etcd:{}", v::ETCD_IMAGE_TAG), &[]),
-        entries: e,
-    });
+    out.push(ComponentArchive::single(ComponentImage::one_layer(
+        spec(format!("registry.k8s.io/etcd:{}", v::ETCD_IMAGE_TAG), &[]),
+        e,
+    )));
     let mut e = basic_dirs();
     e.push(bin_entry("coredns", &go["coredns"]));
-    out.push(ComponentImage {
-        spec: spec(
+    out.push(ComponentArchive::single(ComponentImage::one_layer(
+        spec(
             format!("registry.k8s.io/coredns/coredns:{}", v::COREDNS),
             &["/coredns"],
         ),
-        entries: e,
-    });
-    out.push(ComponentImage {
-        spec: spec(format!("registry.k8s.io/pause:{}", v::PAUSE), &["/pause"]),
-        entries: vec![bin_entry("pause", pause)],
-    });
+        e,
+    )));
+    out.push(ComponentArchive::single(ComponentImage::one_layer(
+        spec(format!("registry.k8s.io/pause:{}", v::PAUSE), &["/pause"]),
+        vec![bin_entry("pause", pause)],
+    )));
     let mut e = basic_dirs();
     e.push(bin_entry(
         "usr/bin/local-path-provisioner",
         &go["local-path-provisioner"],
     ));
-    out.push(ComponentImage {
-        spec: spec(
+    out.push(ComponentArchive::single(ComponentImage::one_layer(
+        spec(
             format!(
                 "docker.io/rancher/local-path-provisioner:{}",
                 v::LOCAL_PATH_PROVISIONER
             ),
             &[],
         ),
-        entries: e,
-    });
-    out.push(busybox_image(base)?);
+        e,
+    )));
+    out.push(ComponentArchive::single(busybox_image(base)?));
     Ok(out)
 }
 
@@ -744,10 +813,7 @@ fn busybox_image(base: &Path) -> Result<ComponentImage> {
     let mut s = spec(format!("docker.io/library/busybox:{version}"), &[]);
     s.env = vec!["PATH=/bin".into()];
     s.cmd = vec!["sh".into()];
-    Ok(ComponentImage {
-        spec: s,
-        entries: e,
-    })
+    Ok(ComponentImage::one_layer(s, e))
 }
 
 /// "1.37" from "BusyBox v1.37.0 (Debian 1:1.37.0-6+b9) multi-call binary.".
@@ -939,7 +1005,7 @@ mod tests {
     fn every_component_program_has_a_version_probe() {
         let probes: Vec<&str> = version_probes().iter().map(|p| p.0).collect();
         for c in gobuild::components() {
-            for (_, bin) in c.programs {
+            for bin in c.names().filter(|b| *b != gobuild::KUBE) {
                 assert!(probes.contains(&bin), "{bin} has no version probe");
             }
         }

@@ -311,12 +311,16 @@ pub fn fake_ctr(root: &Path, args: &[String]) -> Output {
             }
             let list = ImageList::load(&archive.parent().unwrap().join("images.json")).unwrap();
             let file = archive.file_name().unwrap().to_str().unwrap();
-            let img = list.0.iter().find(|i| i.file == file).unwrap();
-            store.entry(img.name.clone()).or_insert(false);
+            // An archive may hold several images: ctr imports and names each.
+            let mut stdout = String::new();
+            for img in list.0.iter().filter(|i| i.file == file) {
+                store.entry(img.name.clone()).or_insert(false);
+                stdout += &format!("unpacking {} (sha256:00)...done\n", img.name);
+            }
             save_ctr_store(root, &store);
             Output {
                 code: Some(0),
-                stdout: format!("unpacking {} (sha256:00)...done\n", img.name),
+                stdout,
                 ..Output::default()
             }
         }
