@@ -239,12 +239,91 @@ impl Watcher {
                         .unwrap_or("  (no answer from the API server)")
                 );
                 cpu = now;
+                // A pod that runs but is not ready (or keeps failing): what it says, and
+                // what kube-proxy says (a Service it cannot reach is the usual reason).
+                let unready = pods.as_deref().map(unready_pods).unwrap_or_default();
+                if !unready.is_empty() {
+                    let logs = quiet(&[
+                        "podman",
+                        "exec",
+                        &n,
+                        "find",
+                        "/var/log/pods",
+                        "-name",
+                        "*.log",
+                    ]);
+                    let mut wanted = unready;
+                    wanted.push(("kube-system".into(), "kube-proxy-".into()));
+                    let files = latest_logs(logs.as_deref().unwrap_or(""), &wanted);
+                    if !files.is_empty() {
+                        let mut argv = vec!["podman", "exec", n.as_str(), "tail", "-n", "3"];
+                        argv.extend(files.iter().map(String::as_str));
+                        if let Some(out) = quiet(&argv) {
+                            for l in out.lines().filter(|l| !l.trim().is_empty()) {
+                                println!("    {}", truncate(l, 300));
+                            }
+                        }
+                    }
+                }
             }
         });
         Self {
             stop,
             thread: Some(thread),
         }
+    }
+}
+
+/// (namespace, name) of the pods `kubectl get pods -A --no-headers` shows started but not
+/// ready: Running with a container not ready, or Error/CrashLoopBackOff.
+fn unready_pods(pods: &str) -> Vec<(String, String)> {
+    pods.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (ns, name, ready, status) = (f.first()?, f.get(1)?, f.get(2)?, f.get(3)?);
+            let (up, all) = ready.split_once('/')?;
+            let started = matches!(*status, "Running" | "Error" | "CrashLoopBackOff");
+            (started && up != all).then(|| (ns.to_string(), name.to_string()))
+        })
+        .collect()
+}
+
+/// From `find /var/log/pods -name '*.log'` (kubelet's `<ns>_<pod>_<uid>/<container>/<restart>.log`),
+/// the newest log of each container of the pods whose name starts with a wanted prefix.
+fn latest_logs(find: &str, wanted: &[(String, String)]) -> Vec<String> {
+    let mut newest: std::collections::BTreeMap<String, (u32, String)> = Default::default();
+    for path in find.lines().map(str::trim) {
+        let parts: Vec<&str> = path
+            .trim_start_matches("/var/log/pods/")
+            .split('/')
+            .collect();
+        let [pod_dir, container, file] = parts[..] else {
+            continue;
+        };
+        let Some(restart) = file
+            .strip_suffix(".log")
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let hit = wanted
+            .iter()
+            .any(|(ns, name)| pod_dir.starts_with(&format!("{ns}_{name}")));
+        if !hit {
+            continue;
+        }
+        let key = format!("{pod_dir}/{container}");
+        if newest.get(&key).is_none_or(|(r, _)| restart > *r) {
+            newest.insert(key, (restart, path.to_string()));
+        }
+    }
+    newest.into_values().map(|(_, p)| p).collect()
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
     }
 }
 
@@ -1265,6 +1344,53 @@ mod tests {
             busiest(&before, &now, 3),
             "cpu s: 59 in all; etcd 30, kube-apiserver 20, containerd-shim 5"
         );
+    }
+
+    #[test]
+    fn unready_pods_are_the_started_ones_not_ready() {
+        let pods = "kube-system coredns-6-a 0/1 Running 0 3m\n\
+                    kube-system coredns-6-b 1/1 Running 0 3m\n\
+                    kube-system kube-proxy-x 0/1 ContainerCreating 0 1m\n\
+                    local-path-storage local-path-5-c 0/1 Error 2 (30s ago) 6m\n\
+                    kube-system etcd-n 1/1 Running 0 9m\n";
+        assert_eq!(
+            unready_pods(pods),
+            [
+                ("kube-system".to_string(), "coredns-6-a".to_string()),
+                (
+                    "local-path-storage".to_string(),
+                    "local-path-5-c".to_string()
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn latest_logs_takes_each_containers_newest_restart() {
+        let find = "/var/log/pods/kube-system_coredns-6-a_u1/coredns/0.log\n\
+                    /var/log/pods/local-path-storage_local-path-5-c_u2/p/0.log\n\
+                    /var/log/pods/local-path-storage_local-path-5-c_u2/p/10.log\n\
+                    /var/log/pods/local-path-storage_local-path-5-c_u2/p/9.log\n\
+                    /var/log/pods/kube-system_etcd-n_u3/etcd/0.log\n\
+                    /var/log/pods/kube-system_kube-proxy-x_u4/kube-proxy/0.log\n";
+        let wanted = [
+            ("kube-system".to_string(), "coredns-6-a".to_string()),
+            (
+                "local-path-storage".to_string(),
+                "local-path-5-c".to_string(),
+            ),
+            ("kube-system".to_string(), "kube-proxy-".to_string()),
+        ];
+        assert_eq!(
+            latest_logs(find, &wanted),
+            [
+                "/var/log/pods/kube-system_coredns-6-a_u1/coredns/0.log",
+                "/var/log/pods/kube-system_kube-proxy-x_u4/kube-proxy/0.log",
+                "/var/log/pods/local-path-storage_local-path-5-c_u2/p/10.log",
+            ]
+        );
+        assert_eq!(truncate("abcdef", 3), "abc");
+        assert_eq!(truncate("ab", 3), "ab");
     }
 
     #[test]
