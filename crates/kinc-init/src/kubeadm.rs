@@ -61,6 +61,11 @@ fn fewer_collections() -> Vec<EnvVar> {
 /// API server post-start hook that gets that error exits the API server (seen on a starved
 /// node: the API server died twice before kubeadm could create the admin binding). One
 /// member never holds an election, so a longer election timeout costs nothing: 15 s.
+/// How the API server keeps the `kubernetes` Service's endpoint: `master-count` (with
+/// `--apiserver-count` at its default, 1) writes its own address on every pass, with no
+/// lease that can expire.
+pub const API_ENDPOINT_RECONCILER: &str = "master-count";
+
 fn patient_etcd() -> Vec<Arg> {
     vec![
         arg("heartbeat-interval", "500"),
@@ -420,7 +425,16 @@ impl KubeadmConfig {
                 // The API server's liveness (`/livez`) includes an etcd read with a 2 s
                 // limit; on a starved node etcd answered in up to 10 s, and eight failed
                 // probes in a row restart the API server, which starves the node more.
-                extra_args: vec![arg("etcd-healthcheck-timeout", "10s")],
+                extra_args: vec![
+                    arg("etcd-healthcheck-timeout", "10s"),
+                    // The `kubernetes` Service's endpoint, written without a lease. The
+                    // default reconciler lists the API servers whose 15 s lease is alive;
+                    // a starved API server renewed its own too late, found none, never
+                    // wrote its address, and pods got "connection refused" from the
+                    // Service for minutes or for good (CoreDNS never Ready). One API
+                    // server needs no lease.
+                    arg("endpoint-reconciler-type", API_ENDPOINT_RECONCILER),
+                ],
                 extra_envs: fewer_collections(),
             },
             controller_manager: ControlPlaneComponent {
@@ -552,6 +566,27 @@ mod tests {
         assert_eq!(
             phases_to_resume("error execution phase show-join-command: x"),
             Some(&[][..])
+        );
+    }
+
+    #[test]
+    fn the_api_server_keeps_its_service_endpoint_without_a_lease() {
+        let cfg = ClusterConfig::new(
+            kinc_types::ClusterName::new("dev").unwrap(),
+            6444,
+            "10.64.0.0/20".parse().unwrap(),
+            "10.64.16.0/20".parse().unwrap(),
+        );
+        let docs = KubeadmConfig::new(&cfg, Ipv4Addr::new(192, 0, 0, 8), Cri::Containerd);
+        let args = &docs.cluster.api_server.extra_args;
+        assert!(
+            args.iter()
+                .any(|a| a.name == "endpoint-reconciler-type" && a.value == "master-count"),
+            "{args:?}"
+        );
+        assert!(
+            !args.iter().any(|a| a.name == "apiserver-count"),
+            "{args:?}"
         );
     }
 

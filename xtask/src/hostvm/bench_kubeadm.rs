@@ -294,6 +294,10 @@ pub const KINC_ONLY: &[(&str, &str)] = &[
         "kinc's API server gives etcd 10 s in its liveness check, not 2 s",
     ),
     (
+        "ClusterConfiguration.apiServer.extraArgs[endpoint-reconciler-type]",
+        "kinc's API server writes the kubernetes Service's endpoint without a 15 s lease, which a starved API server let expire",
+    ),
+    (
         "ClusterConfiguration.apiServer.extraEnvs",
         "GOGC=400: fewer collections on a starved node",
     ),
