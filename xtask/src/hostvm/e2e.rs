@@ -97,22 +97,21 @@ const fn pending(why: &'static str, c: Check) -> Check {
     }
 }
 
-/// Why every real-cluster check is pending unless a check says more: on the 2-core CI
-/// machine of 2026-12-07 the VM ran half as fast as the week before (`podman load`
-/// 545-627 s, was 219-370 s) and under load 12-16 on its 2 emulated CPUs the API server
-/// kept restarting: in 4 of 4 boots `kubeadm init` or CoreDNS did not finish within the
-/// check's limit, and a suite that cannot pass would keep every other change from landing.
-pub const REAL_CLUSTER_PENDING: &str = "the real cluster has not yet reached Ready in CI's \
-    time in this machine's TCG VM (2 emulated CPUs: podman load 13 min, create 20-26 min; \
-    docs/hostvm.md); run the real checks by name";
+/// Why the real-cluster checks past create and use are left out of CI: on the 2-core CI
+/// machine the VM's speed varies 4x from day to day (2026-12-07: `podman load` 226-254 s,
+/// the create 326 s; 2026-12-08: 796 s and 1478 s). On a slow day loading the image and
+/// creating the cluster take 35-40 of CI's 90 min, with the other checks 60: there is no
+/// room for more, and a suite that cannot finish would keep every other change from landing.
+pub const REAL_CI_TIME: &str =
+    "left out of CI for time: podman load and the create take 35-40 min \
+    of CI's 90 in this machine's TCG VM on a slow day (docs/hostvm.md); passed in the VM on \
+    2026-12-07; run it by name";
 
-/// A check on a real cluster booted from the offline node image (pending, see
-/// [`REAL_CLUSTER_PENDING`]; [`pending`] applied after this gives a check its own reason).
+/// A check on a real cluster booted from the offline node image.
 const fn real(c: Check) -> Check {
     Check {
         real: true,
         needs: &[KINC],
-        pending: Some(REAL_CLUSTER_PENDING),
         ..c
     }
 }
@@ -208,19 +207,19 @@ pub const CHECKS: &[Check] = &[
          every kube-system pod Running",
         true,
     )),
-    real(check(
+    pending(REAL_CI_TIME, real(check(
         "real-identity",
         "a pod with runAsUser 1000 runs as uid 1000; its memory limit is in its cgroup \
          below kubelet's root; crun-wrapper logged what it clamped",
         true,
-    )),
-    real(check(
+    ))),
+    pending(REAL_CI_TIME, real(check(
         "real-load-image",
         "an image built in the VM (busybox-static FROM scratch), kinc load image, runs as a \
          pod with imagePullPolicy Never",
         true,
-    )),
-    real(timeout(
+    ))),
+    pending(REAL_CI_TIME, real(timeout(
         900,
         check(
             "real-network",
@@ -229,7 +228,7 @@ pub const CHECKS: &[Check] = &[
              namespaceSelector, ipBlock with except), each both ways",
             true,
         ),
-    )),
+    ))),
     pending(
         "new: not yet seen passing in the VM",
         real(timeout(
@@ -243,7 +242,7 @@ pub const CHECKS: &[Check] = &[
             ),
         )),
     ),
-    real(timeout(
+    pending(REAL_CI_TIME, real(timeout(
         1200,
         check(
             "real-test",
@@ -251,7 +250,7 @@ pub const CHECKS: &[Check] = &[
              Service, DNS, Deployment rollout",
             true,
         ),
-    )),
+    ))),
     pending(
         "the PVC on standard now binds (kinc test passes); this write and the reboot that reads it back are not yet seen passing",
         real(check(
@@ -270,7 +269,7 @@ pub const CHECKS: &[Check] = &[
             true,
         ),
     ))),
-    real(timeout(
+    pending(REAL_CI_TIME, real(timeout(
         900,
         check(
             "real-fail-fast",
@@ -278,7 +277,7 @@ pub const CHECKS: &[Check] = &[
              naming the step and kubeadm's error, and leaves no container, volume or unit",
             true,
         ),
-    )),
+    ))),
     pending(
         "reads the PVC that real-persist writes",
         after_reboot(real(timeout(
@@ -660,13 +659,15 @@ mod tests {
             .filter(|i| reboot_after(&run, *i))
             .map(|i| run[i].name)
             .collect();
-        // The real-cluster checks are pending (REAL_CLUSTER_PENDING): the default plan
-        // reboots after the last stand-in check before the after-reboot ones.
-        assert_eq!(at, ["node-image"]);
-        assert!(
-            run.iter().all(|c| !c.real),
-            "a real check in the default plan"
+        // The default plan creates and uses the real cluster, reboots, then deletes it; the
+        // real checks left out for CI's time (REAL_CI_TIME) run only by name.
+        assert_eq!(at, ["real-use"]);
+        let real: Vec<&str> = run.iter().filter(|c| c.real).map(|c| c.name).collect();
+        assert_eq!(
+            real,
+            ["real-image", "real-create", "real-use", "real-delete"]
         );
+        assert!(reason("real-test").contains("left out of CI for time"));
         let (run, _) = plan(CHECKS, &["real-fail-fast".into()], |_| true);
         assert_eq!(run.len(), 1, "a pending real check runs when named");
         // Every after-reboot check comes after every other one.
