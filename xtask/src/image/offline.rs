@@ -653,13 +653,14 @@ impl ComponentArchive {
 /// The Kubernetes programs the node itself runs (links to the multi-call binary).
 pub const NODE_KUBE_PROGRAMS: &[&str] = &["kubeadm", "kubelet", "kubectl"];
 
-/// The control-plane images' programs: the same multi-call binary in one shared layer.
-pub const IMAGE_KUBE_PROGRAMS: &[&str] = &[
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "kube-proxy",
-];
+/// The control-plane images' programs: every other program of the multi-call binary, in
+/// one layer the four images share.
+fn image_kube_programs() -> impl Iterator<Item = &'static str> {
+    gobuild::KUBE_PROGRAMS
+        .iter()
+        .copied()
+        .filter(|p| !NODE_KUBE_PROGRAMS.contains(p))
+}
 
 const PATH_ENV: &str = "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
 
@@ -709,17 +710,17 @@ pub fn component_images(
 ) -> Result<Vec<ComponentArchive>> {
     let mut kube_layer = basic_dirs();
     kube_layer.push(bin_entry("usr/local/bin/kube", &go[gobuild::KUBE]));
-    for p in IMAGE_KUBE_PROGRAMS {
+    for p in image_kube_programs() {
         kube_layer.push(Entry::Symlink {
             path: format!("usr/local/bin/{p}"),
             target: gobuild::KUBE.into(),
         });
     }
     let mut kubernetes = Vec::new();
-    for c in IMAGE_KUBE_PROGRAMS {
+    for c in image_kube_programs() {
         let mut layers = vec![kube_layer.clone()];
         // kube-proxy's nftables mode runs `nft`: it comes with its libraries from the base.
-        if *c == "kube-proxy" {
+        if c == "kube-proxy" {
             layers.push(with_libraries(base, &["usr/sbin/nft"])?);
         }
         kubernetes.push(ComponentImage {
@@ -1010,6 +1011,25 @@ mod tests {
             }
         }
         assert!(probes.contains(&"pause"));
+    }
+
+    #[test]
+    fn the_images_get_the_control_plane_programs_and_the_node_the_rest() {
+        let images: Vec<&str> = image_kube_programs().collect();
+        assert_eq!(
+            images,
+            [
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kube-proxy"
+            ]
+        );
+        // Each image is one kubeadm names for the pinned version.
+        for p in images {
+            let name = format!("registry.k8s.io/{p}:{}", v::KUBERNETES);
+            assert!(preloaded_names().contains(&name), "{name}");
+        }
     }
 
     #[test]
